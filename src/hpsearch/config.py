@@ -1,0 +1,467 @@
+"""Study files: YAML validated into typed, frozen objects.
+
+Every mistake (unknown key, wrong type, impossible value) raises :class:`ConfigError` naming the
+key and where it came from: the study file, or the ``--set`` / ``--sampler`` flag that set it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from hpsearch.errors import ConfigError
+from hpsearch.space import (
+    FAMILIES,
+    Choice,
+    FloatRange,
+    IntRange,
+    ParamSpec,
+    Scalar,
+    baseline_params,
+    coerce,
+    contains,
+    split_block_name,
+)
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+DEVICES = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+DEFAULT_DATA_ROOT = "data/catdog"
+STUDIES_DIR = "studies"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Path  # ImageFolder root holding train/<class>/ and val/<class>/
+    image_size: int  # images are decoded and cached at image_size x image_size
+    max_per_class: int | None  # train images per class (the first N by file name); None = all
+    val_max_per_class: int | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int  # the most epochs a trial may run (pruning stops it earlier)
+    device: str  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int
+    crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
+    flip: bool
+
+
+@dataclass(frozen=True)
+class NamedOptions:
+    """A sampler or pruner: its name and the keyword arguments for Optuna's constructor."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    sampler: NamedOptions
+    pruner: NamedOptions
+    seed: int
+    enqueue_baseline: bool
+    space: Mapping[str, ParamSpec]  # family -> spec; families left out take the baseline value
+    grid: Mapping[str, tuple[Scalar, ...]]  # parameter -> values, for the grid sampler
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str  # the file's stem: the default Optuna study name
+    path: Path
+    data: DataConfig
+    train: TrainConfig
+    search: SearchConfig
+    raw: Mapping[str, Any]  # the merged, resolved document, for provenance
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain JSON-able data (trial attrs, checkpoints)."""
+        return _plain(self.raw)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- YAML ----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# --- locating and loading ------------------------------------------------------------------
+
+
+def _repo_studies() -> Path:
+    return Path(__file__).resolve().parents[2] / STUDIES_DIR
+
+
+def available_studies() -> list[str]:
+    names: set[str] = set()
+    for d in (Path.cwd() / STUDIES_DIR, _repo_studies()):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_study_file(study: str) -> Path:
+    """``--study`` takes a path to a YAML file or a name under ``studies/``."""
+    path = Path(study).expanduser()
+    if path.suffix in (".yaml", ".yml") or os.sep in study:
+        if not path.is_file():
+            raise ConfigError(f"study file {study} does not exist")
+        return path
+    for d in (Path.cwd() / STUDIES_DIR, _repo_studies()):
+        candidate = d / f"{study}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(available_studies()) or "none"
+    raise ConfigError(f"unknown study {study!r}: no {STUDIES_DIR}/{study}.yaml (known: {known})")
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``--set key=value`` (or a flag such as ``--sampler`` that means one)."""
+
+    key: str
+    value: Any
+    flag: str  # how the user wrote it, for error messages
+
+
+def parse_set(item: str) -> Override:
+    """``"train.epochs=3"`` -> Override; the value is read as YAML (``3`` is an int)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+    try:
+        value = parse_yaml(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return Override(key, value, f"--set {key}")
+
+
+def load_study(study: str, overrides: Sequence[Override] = ()) -> StudyConfig:
+    """Find, read, override and validate a study file."""
+    path = find_study_file(study)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    try:
+        doc = parse_yaml(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a study file is a mapping of sections, got {_tname(doc)}")
+    flags: dict[str, str] = {}
+    for o in overrides:
+        _apply(doc, o)
+        flags[o.key] = o.flag
+    try:
+        return _validate(doc, path, "data.root" in flags)
+    except _Invalid as e:
+        where = next(
+            (f for k, f in flags.items() if e.key == k or e.key.startswith(k + ".")), str(path)
+        )
+        raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
+
+
+def _apply(doc: dict[str, Any], o: Override) -> None:
+    parts = o.key.split(".")
+    node = doc
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{o.flag}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = o.value
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    def __init__(self, key: str, msg: str) -> None:
+        super().__init__(f"{key}: {msg}")
+        self.key = key
+        self.msg = msg
+
+
+def _tname(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+def _section(doc: Mapping[str, Any], key: str, prefix: str, allowed: Sequence[str]) -> dict[str, Any]:
+    full = f"{prefix}{key}"
+    value = doc.get(key)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _Invalid(full, f"expected a mapping, got {_tname(value)}")
+    _known(value, allowed, full)
+    return value
+
+
+def _known(d: Mapping[str, Any], allowed: Sequence[str], prefix: str) -> None:
+    for k in d:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
+            raise _Invalid(f"{prefix}.{k}" if prefix else str(k), f"unknown key ({hint})")
+
+
+def _int(d: Mapping[str, Any], k: str, key: str, default: int | None, minimum: int) -> int | None:
+    v = d.get(k, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Invalid(key, f"expected an integer, got {_tname(v)} {v!r}")
+    if v < minimum:
+        raise _Invalid(key, f"must be >= {minimum}, got {v}")
+    return v
+
+
+def _req_int(d: Mapping[str, Any], k: str, key: str, default: int, minimum: int) -> int:
+    v = _int(d, k, key, default, minimum)
+    if v is None:
+        raise _Invalid(key, "expected an integer, got nothing")
+    return v
+
+
+def _bool(d: Mapping[str, Any], k: str, key: str, default: bool) -> bool:
+    v = d.get(k, default)
+    if not isinstance(v, bool):
+        raise _Invalid(key, f"expected true or false, got {_tname(v)} {v!r}")
+    return v
+
+
+def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyConfig:
+    _known(doc, ("data", "train", "search"), "")
+    d = _section(doc, "data", "", ("root", "image_size", "max_per_class", "val_max_per_class"))
+    # precedence: --set data.root, then HPSEARCH_DATA, then the file, then data/catdog
+    env_root = None if root_is_set else os.environ.get("HPSEARCH_DATA")
+    root_raw = env_root or d.get("root") or DEFAULT_DATA_ROOT
+    if not isinstance(root_raw, str):
+        raise _Invalid("data.root", f"expected a path, got {_tname(root_raw)}")
+    image_size = _req_int(d, "image_size", "data.image_size", 128, 8)
+    data = DataConfig(
+        root=Path(root_raw).expanduser().resolve(),
+        image_size=image_size,
+        max_per_class=_int(d, "max_per_class", "data.max_per_class", None, 1),
+        val_max_per_class=_int(d, "val_max_per_class", "data.val_max_per_class", None, 1),
+    )
+
+    t = _section(doc, "train", "", ("epochs", "device", "eval_batch_size", "crop_scale", "flip"))
+    device = t.get("device", "auto")
+    if not isinstance(device, str) or not DEVICES.match(device):
+        raise _Invalid("train.device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    crop = t.get("crop_scale", [0.35, 1.0])
+    if (
+        not isinstance(crop, list)
+        or len(crop) != 2
+        or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in crop)
+        or not 0 < crop[0] <= crop[1] <= 1
+    ):
+        raise _Invalid("train.crop_scale", f"expected [min, max] with 0 < min <= max <= 1, got {crop!r}")
+    train = TrainConfig(
+        epochs=_req_int(t, "epochs", "train.epochs", 10, 1),
+        device=device,
+        eval_batch_size=_req_int(t, "eval_batch_size", "train.eval_batch_size", 500, 1),
+        crop_scale=(float(crop[0]), float(crop[1])),
+        flip=_bool(t, "flip", "train.flip", True),
+    )
+
+    s = _section(
+        doc, "search", "", ("sampler", "pruner", "seed", "enqueue_baseline", "space", "grid")
+    )
+    space_raw = _section(s, "space", "search.", tuple(FAMILIES))
+    space = {fam: _param_spec(fam, v, f"search.space.{fam}") for fam, v in space_raw.items()}
+    _check_blocks(space, image_size)
+    sampler = _named(s.get("sampler", "tpe"), "search.sampler", SAMPLERS)
+    grid = _grid(s.get("grid"), space, sampler.name == "grid")
+    search = SearchConfig(
+        sampler=sampler,
+        pruner=_named(s.get("pruner", "median"), "search.pruner", PRUNERS),
+        seed=_req_int(s, "seed", "search.seed", 0, 0),
+        enqueue_baseline=_bool(s, "enqueue_baseline", "search.enqueue_baseline", False),
+        space=MappingProxyType(space),
+        grid=MappingProxyType(grid),
+    )
+    if search.enqueue_baseline and sampler.name != "grid":
+        for name, value in baseline_params(search).items():
+            fam = split_block_name(name)
+            spec = space[fam[0] if fam else name]
+            if not contains(spec, value):
+                raise _Invalid(
+                    f"search.space.{fam[0] if fam else name}",
+                    f"the seed baseline's {name}={value!r} is outside this range "
+                    "(widen it or set search.enqueue_baseline: false)",
+                )
+
+    resolved = {
+        "data": {**d, "root": str(data.root), "image_size": image_size},
+        "train": {
+            "epochs": train.epochs,
+            "device": train.device,
+            "eval_batch_size": train.eval_batch_size,
+            "crop_scale": list(train.crop_scale),
+            "flip": train.flip,
+        },
+        "search": dict(s),
+    }
+    return StudyConfig(path.stem, path, data, train, search, MappingProxyType(resolved))
+
+
+def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise _Invalid(key, f"expected a name or a mapping with 'name', got {_tname(raw)}")
+    name = raw.get("name")
+    if name not in names:
+        raise _Invalid(key, f"unknown {key.rsplit('.', 1)[-1]} {name!r} (choose from {', '.join(names)})")
+    options = {k: v for k, v in raw.items() if k != "name"}
+    return NamedOptions(str(name), MappingProxyType(options))
+
+
+def _param_spec(fam: str, raw: Any, key: str) -> ParamSpec:
+    from hpsearch.space import Fixed
+
+    kind = FAMILIES[fam].kind
+
+    def value(v: Any, where: str) -> Scalar:
+        ok, problem = coerce(fam, v)
+        if problem is not None or ok is None:
+            raise _Invalid(where, problem or "missing value")
+        return ok
+
+    if isinstance(raw, list):
+        raw = {"choices": raw}
+    if not isinstance(raw, dict):
+        return Fixed(value(raw, key))
+    if "choices" in raw:
+        _known(raw, ("choices",), key)
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise _Invalid(f"{key}.choices", "expected a non-empty list of values")
+        vals = tuple(value(c, f"{key}.choices") for c in choices)
+        if len(set(vals)) != len(vals):
+            raise _Invalid(f"{key}.choices", f"repeated values in {list(vals)}")
+        return Choice(vals)
+    if kind not in (int, float):
+        raise _Invalid(key, f"{fam} takes a value or a list of choices, not a range")
+    _known(raw, ("low", "high", "log", "step"), key)
+    for k in ("low", "high"):
+        if k not in raw:
+            raise _Invalid(key, f"a range needs 'low' and 'high' (missing {k!r})")
+    low, high = value(raw["low"], f"{key}.low"), value(raw["high"], f"{key}.high")
+    assert isinstance(low, int | float) and isinstance(high, int | float)
+    if low >= high:
+        raise _Invalid(key, f"empty range: low {low} must be below high {high}")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise _Invalid(f"{key}.log", f"expected true or false, got {log!r}")
+    if log and low <= 0:
+        raise _Invalid(f"{key}.low", f"a log range needs low > 0, got {low}")
+    step = raw.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
+            raise _Invalid(f"{key}.step", f"expected a positive number, got {step!r}")
+        if log:
+            raise _Invalid(f"{key}.step", "step and log cannot be combined")
+    if kind is int:
+        if step is not None and not isinstance(step, int):
+            raise _Invalid(f"{key}.step", f"expected an integer, got {step!r}")
+        return IntRange(int(low), int(high), log, int(step or 1))
+    return FloatRange(float(low), float(high), log, None if step is None else float(step))
+
+
+def _check_blocks(space: Mapping[str, ParamSpec], image_size: int) -> None:
+    from hpsearch.space import BASELINE, Fixed
+
+    spec = space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
+    most = {
+        Fixed: lambda s: s.value,
+        Choice: lambda s: max(s.choices),
+        IntRange: lambda s: s.high,
+    }[type(spec)](spec)
+    if 2**most > image_size:
+        raise _Invalid(
+            "search.space.n_blocks",
+            f"{most} blocks halve a {image_size}px image below 1 pixel "
+            f"(at most {image_size.bit_length() - 1} blocks at this size)",
+        )
+
+
+def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, tuple[Scalar, ...]]:
+    from hpsearch.space import Fixed
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Invalid("search.grid", f"expected a mapping of parameter -> values, got {_tname(raw)}")
+    if needed and not raw:
+        raise _Invalid("search.grid", "the grid sampler needs values, e.g. grid: {lr: [1e-3, 1e-2]}")
+    grid: dict[str, tuple[Scalar, ...]] = {}
+    for name, values in raw.items():
+        key = f"search.grid.{name}"
+        block = split_block_name(str(name))
+        fam = block[0] if block else str(name)
+        if fam not in FAMILIES:
+            raise _Invalid(key, f"unknown parameter (known: {', '.join(FAMILIES)})")
+        spec = space.get(fam)
+        if isinstance(spec, Fixed):
+            raise _Invalid(key, f"{fam} is fixed in search.space; make it a range or drop it here")
+        if not isinstance(values, list) or not values:
+            raise _Invalid(key, "expected a non-empty list of values")
+        checked: list[Scalar] = []
+        for v in values:
+            ok, problem = coerce(fam, v)
+            if problem is not None or ok is None:
+                raise _Invalid(key, problem or "missing value")
+            if spec is not None and not contains(spec, ok):
+                raise _Invalid(key, f"grid value {ok!r} is outside search.space.{fam}")
+            checked.append(ok)
+        if len(set(checked)) != len(checked):
+            raise _Invalid(key, f"repeated values in {checked}")
+        grid[str(name)] = tuple(checked)
+    return grid

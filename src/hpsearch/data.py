@@ -1,0 +1,203 @@
+"""Images: ImageFolder listing, a decode-once uint8 cache on disk, device-resident tensors.
+
+The hot path never touches PIL or a DataLoader: every image is decoded once per (data set, image
+size) into one ``(N, S, S, 3)`` uint8 tensor saved under the cache directory and shared by every
+trial and process; training then indexes that tensor on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image
+
+from hpsearch.config import DataConfig
+from hpsearch.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the cache layout changes
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A decoded split: images ``(N, S, S, 3)`` uint8 (NHWC, so a permute gives channels_last
+    NCHW for free), labels ``(N,)`` int64, and the class names in label order."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    files: tuple[str, ...]  # paths relative to the split directory, in row order
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def cache_root() -> Path:
+    """``$HPSEARCH_CACHE``, else ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``."""
+    env = os.environ.get("HPSEARCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "hpsearch"
+
+
+def list_split(split_dir: Path, max_per_class: int | None = None) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """Class names and ``(relative path, label)`` for an ImageFolder split, sorted by name.
+
+    With ``max_per_class`` only the first N files of each class (by name) are taken.
+    """
+    if not split_dir.is_dir():
+        raise DataError(f"data directory {split_dir} does not exist (expected ImageFolder layout: "
+                        f"{split_dir}/<class>/<image>)")
+    classes = tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(classes) < 2:
+        raise DataError(f"{split_dir} has {len(classes)} class folder(s); a classifier needs at least 2")
+    files: list[tuple[str, int]] = []
+    for label, cls in enumerate(classes):
+        names = sorted(
+            e.name for e in os.scandir(split_dir / cls) if e.is_file() and not e.name.startswith(".")
+        )
+        if max_per_class is not None:
+            names = names[:max_per_class]
+        if not names:
+            raise DataError(f"class folder {split_dir / cls} is empty")
+        files.extend((f"{cls}/{n}", label) for n in names)
+    return classes, files
+
+
+def _fingerprint(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> str:
+    """Changes whenever a file is added, removed, resized or touched."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{split_dir}|{size}".encode())
+    for rel, label in files:
+        st = os.stat(split_dir / rel)
+        h.update(f"{rel}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image -> ``(size, size, 3)`` uint8 RGB, resized like the validation transform."""
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (fast)
+        rgb = im.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_all(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> tuple[np.ndarray, list[int]]:
+    """Decode in threads (PIL releases the GIL while decoding); returns images and the indices of
+    files that could not be read."""
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    bad: list[int] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = decode_image(split_dir / files[i][0], size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(i)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            list(pool.map(work, range(len(files)), chunksize=64))
+    return out, sorted(bad)
+
+
+def load_split(cfg: DataConfig, split: str) -> ImageSet:
+    """The decoded split from the cache, building the cache first if it is missing or stale."""
+    split_dir = cfg.root / split
+    limit = cfg.max_per_class if split == "train" else cfg.val_max_per_class
+    classes, files = list_split(split_dir, limit)
+    key = _fingerprint(split_dir, files, cfg.image_size)
+    root_id = hashlib.sha256(str(split_dir).encode()).hexdigest()[:12]
+    stem = f"{split}-{cfg.image_size}px-n{len(files)}"
+    cache_dir = cache_root() / f"{cfg.root.name}-{root_id}"
+    path = cache_dir / f"{stem}-{key}.pt"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):  # one process decodes; the others wait and reuse
+            if not path.exists():
+                _build(split_dir, classes, files, cfg.image_size, path, stem)
+    except OSError as e:
+        raise DataError(f"cannot write the image cache in {cache_dir}: {e.strerror or e}") from None
+    blob = torch.load(path, mmap=True, weights_only=True)
+    return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]), tuple(blob["files"]))
+
+
+def _build(split_dir: Path, classes: tuple[str, ...], files: list[tuple[str, int]], size: int,
+           path: Path, stem: str) -> None:
+    images, bad = _decode_all(split_dir, files, size)
+    if bad:
+        names = [files[i][0] for i in bad]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        log.warning("skipped %d unreadable file(s) in %s: %s", len(bad), split_dir, shown)
+        keep = np.setdiff1d(np.arange(len(files)), np.asarray(bad, dtype=np.int64))
+        images = images[keep]
+        files = [files[i] for i in keep]
+        for label, cls in enumerate(classes):
+            if not any(lbl == label for _, lbl in files):
+                raise DataError(f"class folder {split_dir / cls} has no readable image")
+    blob = {
+        "images": torch.from_numpy(images),
+        "labels": torch.tensor([lbl for _, lbl in files], dtype=torch.int64),
+        "classes": list(classes),
+        "files": [rel for rel, _ in files],
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # readers never see a half-written cache
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """Both splits held on the training device, ready for index-drawn batches."""
+
+    train_images: torch.Tensor  # (N, S, S, 3) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    classes: tuple[str, ...]
+    image_size: int
+    device: torch.device
+
+
+def load_data(cfg: DataConfig, device: torch.device) -> DeviceData:
+    """Load (or build) both splits' caches and put them on ``device``."""
+    if not cfg.root.is_dir():
+        raise DataError(
+            f"data root {cfg.root} does not exist (set HPSEARCH_DATA or data.root to an ImageFolder "
+            "directory with train/ and val/)"
+        )
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    if train.classes != val.classes:
+        raise DataError(
+            f"train and val classes differ in {cfg.root}: {list(train.classes)} vs {list(val.classes)}"
+        )
+    return DeviceData(
+        train.images.to(device),
+        train.labels.to(device),
+        val.images.to(device),
+        val.labels.to(device),
+        train.classes,
+        cfg.image_size,
+        device,
+    )

@@ -1,0 +1,70 @@
+"""The CNN family the search explores: ``ArchSpec`` -> ``nn.Module``. No Optuna here."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpsearch.spec import ArchSpec
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
+
+
+class ConvBlock(nn.Module):
+    """conv(k) -> [BN] -> [+ shortcut] -> activation -> 2x2 max-pool: halves H and W."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, arch: ArchSpec) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=not arch.batch_norm)
+        self.norm: nn.Module = nn.BatchNorm2d(c_out) if arch.batch_norm else nn.Identity()
+        self.shortcut: nn.Module | None = None
+        if arch.residual:
+            self.shortcut = (
+                nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
+            )
+        self.act = _ACTIVATIONS[arch.activation]()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/2, W/2)
+        z = self.norm(self.conv(x))
+        if self.shortcut is not None:
+            z = z + self.shortcut(x)
+        return self.pool(self.act(z))
+
+
+def feature_size(arch: ArchSpec, image_size: int) -> int:
+    """Spatial side after the conv blocks (each max-pool floors H/2)."""
+    side = image_size
+    for _ in range(arch.n_blocks):
+        side //= 2
+    return side
+
+
+def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequential:
+    """The seed's layout generalised: conv blocks, flatten, dense + activation + dropout, logits."""
+    side = feature_size(arch, image_size)
+    if side < 1:
+        raise ValueError(f"{arch.n_blocks} blocks leave no pixels of a {image_size}px image")
+    blocks: list[nn.Module] = []
+    c_in = 3
+    for c_out, k in zip(arch.channels, arch.kernel_sizes, strict=True):
+        blocks.append(ConvBlock(c_in, c_out, k, arch))
+        c_in = c_out
+    return nn.Sequential(
+        *blocks,
+        nn.Flatten(),
+        nn.Linear(c_in * side * side, arch.dense_units),
+        _ACTIVATIONS[arch.activation](),
+        nn.Dropout(arch.dropout),
+        nn.Linear(arch.dense_units, num_classes),
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

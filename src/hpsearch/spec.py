@@ -1,0 +1,57 @@
+"""What one trial trains: plain frozen dataclasses, no Optuna inside.
+
+``space`` turns a trial (or a stored parameter dict) into a :class:`TrialSpec`; ``model`` and
+``train`` read nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """The CNN: ``len(channels)`` conv blocks (conv, [BN], act, [residual], 2x2 max-pool), then
+    flatten, a dense layer with dropout, and the classifier."""
+
+    channels: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
+    activation: str
+    batch_norm: bool
+    residual: bool
+    dropout: float
+    dense_units: int
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.channels)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimizer and learning-rate schedule (StepLR: every ``lr_decay_step`` epochs the rate is
+    multiplied by ``lr_decay_gamma``)."""
+
+    optimizer: str  # sgd | adam | adamw | rmsprop
+    lr: float
+    weight_decay: float  # the L2 coefficient
+    momentum: float  # SGD and RMSprop only
+    lr_decay_step: int  # epochs
+    lr_decay_gamma: float
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything ``fit`` needs to train one configuration, reproducibly."""
+
+    arch: ArchSpec
+    optim: OptimSpec
+    batch_size: int
+    epochs: int
+    seed: int
+    crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
+    flip: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

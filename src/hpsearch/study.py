@@ -1,0 +1,155 @@
+"""The one place where storage URLs, samplers, pruners and studies are built from the config.
+
+Everything else receives an ``optuna.Study``, never a URL string.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from hpsearch.config import NamedOptions, StudyConfig
+from hpsearch.errors import ConfigError, StorageError
+from hpsearch.space import baseline_params
+
+DEFAULT_STORAGE = "sqlite:///hpsearch.db"
+SCHEMES = ("sqlite", "postgresql", "mysql")
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage_url(cli_value: str | None) -> str:
+    """``--storage``, else ``$HPSEARCH_STORAGE``, else an SQLite file in the working directory."""
+    return cli_value or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<unparseable storage URL>"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage for ``url``; a bad URL or an unreachable database is a StorageError."""
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"storage URL {shown} is not a database URL (e.g. {DEFAULT_STORAGE})") from None
+    scheme = parsed.get_backend_name()
+    if scheme not in SCHEMES:
+        raise StorageError(f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)")
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
+    elif scheme == "postgresql":
+        if parsed.drivername == "postgresql":  # as users write it: use psycopg 3
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        engine_kwargs.update(pool_pre_ping=True, pool_size=2, max_overflow=2,
+                             connect_args={"connect_timeout": 10})
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
+
+
+def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded with ``search.seed + n_existing`` so that a resumed study
+    does not replay the random proposals of its first run."""
+    s = cfg.search
+    seed = s.seed + n_existing
+    name = s.sampler.name
+    samplers = optuna.samplers
+    if name == "grid":
+        return _construct(samplers.GridSampler, s.sampler, {"search_space": grid_space(cfg), "seed": s.seed})
+    defaults: dict[str, dict[str, Any]] = {
+        "tpe": {"seed": seed, "multivariate": True, "constant_liar": True},
+        "random": {"seed": seed},
+        "gp": {"seed": seed},
+        "cmaes": {"seed": seed, "warn_independent_sampling": False},
+        "qmc": {"seed": seed, "warn_independent_sampling": False},
+    }
+    classes = {"tpe": samplers.TPESampler, "random": samplers.RandomSampler,
+               "gp": samplers.GPSampler, "cmaes": samplers.CmaEsSampler,
+               "qmc": samplers.QMCSampler}
+    return _construct(classes[name], s.sampler, defaults[name])
+
+
+def grid_space(cfg: StudyConfig) -> dict[str, list[Any]]:
+    return {name: list(values) for name, values in cfg.search.grid.items()}
+
+
+def grid_size(cfg: StudyConfig) -> int:
+    return math.prod(len(v) for v in cfg.search.grid.values())
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.search.pruner
+    pruners = optuna.pruners
+    if p.name == "median":
+        return _construct(pruners.MedianPruner, p, {"n_startup_trials": 5, "n_warmup_steps": 0})
+    if p.name == "successive_halving":
+        return _construct(pruners.SuccessiveHalvingPruner, p, {"min_resource": 1, "reduction_factor": 3})
+    if p.name == "hyperband":
+        return _construct(pruners.HyperbandPruner, p,
+                          {"min_resource": 1, "max_resource": cfg.train.epochs, "reduction_factor": 3})
+    return _construct(pruners.NopPruner, p, {})
+
+
+def _construct(cls: Any, named: NamedOptions, defaults: Mapping[str, Any]) -> Any:
+    kind = "sampler" if "sampler" in cls.__module__ else "pruner"
+    try:
+        return cls(**{**defaults, **named.options})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"search.{kind}: {named.name}: {e}") from None
+
+
+def open_study(
+    cfg: StudyConfig, storage: optuna.storages.BaseStorage, study_name: str, *, create: bool = True
+) -> optuna.Study:
+    """Load the study, creating it (and enqueuing the seed baseline) when ``create`` and new."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    exists = study_name in names
+    if not exists and not create:
+        known = ", ".join(sorted(names)) or "none"
+        raise StorageError(f"no study named {study_name!r} in this storage (studies: {known})")
+    n_existing = 0
+    if exists:
+        study_id = storage.get_study_id_from_name(study_name)
+        n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="maximize",
+        sampler=make_sampler(cfg, n_existing),
+        pruner=make_pruner(cfg),
+        load_if_exists=True,
+    )
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise StorageError(f"study {study_name!r} exists but minimizes; hpsearch maximizes accuracy")
+    if not exists:
+        study.set_user_attr("study_file", str(cfg.path))
+        study.set_user_attr("metric", "val_accuracy")
+        if cfg.search.enqueue_baseline and cfg.search.sampler.name != "grid":
+            study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
+    return study
+
+
+def grid_done(study: optuna.Study) -> int:
+    """How many distinct grid points already have a finished trial."""
+    done = {
+        t.system_attrs["grid_id"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and "grid_id" in t.system_attrs
+    }
+    return len(done)
