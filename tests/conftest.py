@@ -1,0 +1,63 @@
+"""Shared fixtures: the real Dogs-vs-Cats photos in ../shared, real SQLite files, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HPSEARCH_TEST_DATA", REPO.parent / "shared" / "data" / "catdog"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    assert (DATA / "train" / "cat").is_dir(), f"test data missing: {DATA}"
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One decode cache for the whole session, so that each subset is decoded once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, data_root: Path, cache_dir: Path) -> None:
+    monkeypatch.setenv("HPSEARCH_DATA", str(data_root))
+    monkeypatch.setenv("HPSEARCH_CACHE", str(cache_dir))
+    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+
+
+def small_imagefolder(dst: Path, src: Path, per_class: int, val_per_class: int) -> Path:
+    """A copy of the first few real photos of each class in a temp dir (never in the repo)."""
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for cls in ("cat", "dog"):
+            out = dst / split / cls
+            out.mkdir(parents=True)
+            for f in sorted((src / split / cls).iterdir())[:n]:
+                shutil.copy(f, out / f.name)
+    return dst
+
+
+def hpsearch(args: Sequence[str], cwd: Path, timeout: float = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``hpsearch`` CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path

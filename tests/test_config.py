@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpsearch.config import load_study, parse_set
+from hpsearch.errors import ConfigError
+from hpsearch.space import Choice, FloatRange, IntRange
+
+SMOKE_YAML = (Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml").read_text()
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_catdog_and_smoke_load() -> None:
+    cat = load_study("catdog")
+    assert cat.name == "catdog"
+    assert cat.search.enqueue_baseline
+    assert cat.search.sampler.name == "tpe"
+    assert isinstance(cat.search.space["lr"], FloatRange) and cat.search.space["lr"].log
+    assert isinstance(cat.search.space["n_blocks"], IntRange)
+    assert cat.search.space["kernel_size"] == Choice((3, 5, 7))
+    smoke = load_study("smoke")
+    assert smoke.data.image_size == 32 and smoke.train.epochs == 2
+
+
+def test_frozen() -> None:
+    cfg = load_study("smoke")
+    with pytest.raises(AttributeError):
+        cfg.train.epochs = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.search.space["lr"] = None  # type: ignore[index]
+
+
+def test_yaml_reads_1e_minus_3_as_float(tmp_path: Path) -> None:
+    p = write(tmp_path, "search:\n  space:\n    lr: {low: 1e-4, high: 1e-2, log: true}\n")
+    assert load_study(str(p)).search.space["lr"] == FloatRange(1e-4, 1e-2, True, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("data:\n  image_sise: 32\n", "data.image_sise: unknown key (did you mean 'image_size'?)"),
+        ("trian:\n  epochs: 2\n", "trian: unknown key (did you mean 'train'?)"),
+        ("train:\n  epochs: -1\n", "train.epochs: must be >= 1, got -1"),
+        ("train:\n  epochs: 0\n", "train.epochs: must be >= 1, got 0"),
+        ("train:\n  epochs: two\n", "train.epochs: expected an integer, got str 'two'"),
+        ("data:\n  image_size: 32.5\n", "data.image_size: expected an integer"),
+        ("search:\n  space:\n    lr: {low: 1e-2, high: 1e-4}\n", "search.space.lr: empty range"),
+        ("search:\n  space:\n    lr: {low: 1e-2, high: 1e-2}\n", "search.space.lr: empty range"),
+        ("search:\n  space:\n    weight_decay: {low: 0, high: 1, log: true}\n",
+         "search.space.weight_decay.low: a log range needs low > 0"),
+        ("search:\n  space:\n    kernel_size: [3, 4]\n", "search.space.kernel_size.choices: 4 is not an odd"),
+        ("search:\n  space:\n    kernel_size: []\n", "search.space.kernel_size.choices: expected a non-empty"),
+        ("search:\n  space:\n    activation: [relu, swish]\n", "'swish' is not one of"),
+        ("search:\n  space:\n    dropout: {low: 0.0, high: 1.5}\n", "search.space.dropout.high: 1.5 is outside"),
+        ("search:\n  space:\n    optimiser: [sgd]\n", "search.space.optimiser: unknown key (did you mean 'optimizer'?)"),
+        ("search:\n  sampler: annealing\n", "search.sampler: unknown sampler 'annealing'"),
+        ("search:\n  pruner: {name: patient}\n", "search.pruner: unknown pruner 'patient'"),
+        ("search:\n  sampler: grid\n  grid: {}\n", "search.grid: the grid sampler needs values"),
+        ("search:\n  space:\n    lr: {low: 1e-4, high: 1e-2}\n  grid:\n    lr: [0.5]\n",
+         "search.grid.lr: grid value 0.5 is outside search.space.lr"),
+        ("search:\n  space:\n    n_blocks: {low: 2, high: 6}\n", "search.space.n_blocks: 6 blocks"),
+        ("search:\n  enqueue_baseline: true\n  space:\n    lr: {low: 1e-2, high: 1e-1}\n",
+         "the seed baseline's lr=0.001 is outside this range"),
+        ("- just\n- a list\n", "a study file is a mapping of sections"),
+        ("data: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    p = write(tmp_path, "data:\n  image_size: 32\n" + text if text.startswith("search") else text)
+    with pytest.raises(ConfigError) as e:
+        load_study(str(p))
+    msg = str(e.value)
+    assert needle in msg
+    assert str(p) in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("data.image_size=banana", "--set data.image_size: data.image_size: expected an integer, got str 'banana'"),
+        ("train.epochz=3", "--set train.epochz: train.epochz: unknown key (did you mean 'epochs'?)"),
+        ("train.epochs=-2", "--set train.epochs: train.epochs: must be >= 1"),
+        ("search.space.lr.low=oops", "--set search.space.lr.low: search.space.lr.low: expected float"),
+    ],
+)
+def test_set_errors_name_the_flag(item: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_study("smoke", [parse_set(item)])
+    assert needle in str(e.value)
+
+
+def test_set_overrides_and_types() -> None:
+    cfg = load_study("catdog", [parse_set("data.image_size=64"), parse_set("train.epochs=1"),
+                                parse_set("search.space.activation=[relu, gelu]"),
+                                parse_set("search.sampler=random")])
+    assert cfg.data.image_size == 64 and cfg.train.epochs == 1
+    assert cfg.search.space["activation"] == Choice(("relu", "gelu"))
+    assert cfg.search.sampler.name == "random" and dict(cfg.search.sampler.options) == {}
+    assert cfg.to_dict()["data"]["image_size"] == 64
+
+
+def test_set_needs_key_value() -> None:
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_set("train.epochs")
+
+
+def test_data_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, "data:\n  root: from/file\n")
+    monkeypatch.delenv("HPSEARCH_DATA")
+    assert load_study(str(p)).data.root == (Path.cwd() / "from/file").resolve()
+    monkeypatch.setenv("HPSEARCH_DATA", str(tmp_path / "env"))
+    assert load_study(str(p)).data.root == tmp_path / "env"
+    cfg = load_study(str(p), [parse_set(f"data.root={tmp_path / 'flag'}")])
+    assert cfg.data.root == tmp_path / "flag"
+    monkeypatch.delenv("HPSEARCH_DATA")
+    empty = write(tmp_path, "{}\n", "e.yaml")
+    assert load_study(str(empty)).data.root == (Path.cwd() / "data/catdog").resolve()
+
+
+def test_unknown_study_lists_known() -> None:
+    with pytest.raises(ConfigError, match=r"unknown study 'nope'.*catdog, smoke"):
+        load_study("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study("missing/file.yaml")
+
+
+def test_smoke_yaml_is_what_the_tests_assume() -> None:
+    assert "max_per_class: 300" in SMOKE_YAML
