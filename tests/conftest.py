@@ -27,11 +27,19 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, data_root: Path, cache_dir: Path) -> None:
-    monkeypatch.setenv("HPSEARCH_DATA", str(data_root))
-    monkeypatch.setenv("HPSEARCH_CACHE", str(cache_dir))
-    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+@pytest.fixture(scope="session", autouse=True)
+def _env(data_root: Path, cache_dir: Path) -> Iterator[None]:
+    """Every test (and every CLI subprocess) reads the shared photos and the session's cache."""
+    saved = {k: os.environ.get(k) for k in ("HPSEARCH_DATA", "HPSEARCH_CACHE", "HPSEARCH_STORAGE")}
+    os.environ["HPSEARCH_DATA"] = str(data_root)
+    os.environ["HPSEARCH_CACHE"] = str(cache_dir)
+    os.environ.pop("HPSEARCH_STORAGE", None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def small_imagefolder(dst: Path, src: Path, per_class: int, val_per_class: int) -> Path:

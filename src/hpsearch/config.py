@@ -450,7 +450,9 @@ def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, t
             raise _Invalid(key, f"unknown parameter (known: {', '.join(FAMILIES)})")
         spec = space.get(fam)
         if isinstance(spec, Fixed):
-            raise _Invalid(key, f"{fam} is fixed in search.space; make it a range or drop it here")
+            if needed:
+                raise _Invalid(key, f"{fam} is fixed in search.space; make it a range or drop it here")
+            spec = None  # the grid is not used by this sampler
         if not isinstance(values, list) or not values:
             raise _Invalid(key, "expected a non-empty list of values")
         checked: list[Scalar] = []

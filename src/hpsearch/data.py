@@ -94,7 +94,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         rgb = im.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)
 
 
 def _decode_all(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> tuple[np.ndarray, list[int]]:

@@ -107,7 +107,8 @@ def random_resized_crop(
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_ratio = (u[:, 1] * 2 - 1) * math.log(4 / 3)
     w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # fraction of the width
-    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    h = (area / w).clamp(max=1.0)  # keep the sampled area when one side hits the border
+    w = (area / h).clamp(max=1.0)
     cx = (u[:, 2] * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates, inside the image
     cy = (u[:, 3] * 2 - 1) * (1 - h)
     sx = torch.where(u[:, 4] < 0.5, -w, w) if flip else w

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import small_imagefolder
+from hpsearch.config import DataConfig
+from hpsearch.data import cache_root, decode_image, load_data, load_split
+from hpsearch.errors import DataError
+
+
+def cfg(root: Path, size: int = 32) -> DataConfig:
+    return DataConfig(root=root, image_size=size, max_per_class=None, val_max_per_class=None)
+
+
+def cache_files() -> list[Path]:
+    return sorted(cache_root().rglob("*.pt"))
+
+
+@pytest.fixture
+def folder(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HPSEARCH_CACHE", str(tmp_path / "cache"))
+    return small_imagefolder(tmp_path / "imgs", data_root, per_class=12, val_per_class=4)
+
+
+def test_decodes_real_photos(folder: Path) -> None:
+    s = load_split(cfg(folder, 40), "train")
+    assert s.images.shape == (24, 40, 40, 3) and s.images.dtype == torch.uint8
+    assert s.classes == ("cat", "dog")
+    assert s.labels.tolist() == [0] * 12 + [1] * 12
+    assert s.files[0].startswith("cat/") and s.files[-1].startswith("dog/")
+    # same pixels as decoding the file directly
+    first = torch.from_numpy(decode_image(folder / "train" / s.files[0], 40))
+    assert torch.equal(s.images[0], first)
+    assert 20 < s.images.float().mean() < 235  # real photos, not blank
+
+
+def test_cache_is_built_once_and_reused(folder: Path) -> None:
+    load_split(cfg(folder), "train")
+    (built,) = cache_files()
+    stamp = built.stat().st_mtime_ns
+    again = load_split(cfg(folder), "train")
+    assert cache_files() == [built] and built.stat().st_mtime_ns == stamp
+    assert len(again) == 24
+    load_split(cfg(folder, 48), "train")  # another size is another cache entry
+    assert len(cache_files()) == 2
+
+
+def test_cache_is_rebuilt_when_a_file_changes(folder: Path) -> None:
+    before = load_split(cfg(folder), "train")
+    (old,) = cache_files()
+    victim = folder / "train" / "cat" / before.files[0].split("/")[1]
+    other = folder / "train" / "dog" / before.files[-1].split("/")[1]
+    victim.write_bytes(other.read_bytes())  # same name, a dog's pixels
+    os.utime(victim, ns=(1, 1))
+    after = load_split(cfg(folder), "train")
+    (new,) = cache_files()
+    assert new != old  # rebuilt, and the stale entry removed
+    assert torch.equal(after.images[0], before.images[-1])
+    (folder / "train" / "dog" / "extra.jpg").write_bytes(other.read_bytes())
+    assert len(load_split(cfg(folder), "train")) == 25
+
+
+def test_max_per_class_takes_first_files_by_name(data_root: Path) -> None:
+    c = DataConfig(root=data_root, image_size=32, max_per_class=5, val_max_per_class=3)
+    s = load_split(c, "train")
+    assert len(s) == 10
+    assert list(s.files[:5]) == [f"cat/{n}" for n in sorted(os.listdir(data_root / "train/cat"))[:5]]
+    assert len(load_split(c, "val")) == 6
+
+
+def test_unreadable_files_are_skipped_with_one_warning(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (folder / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "train" / "cat" / "notes.txt").write_text("hello")
+    with caplog.at_level(logging.WARNING):
+        s = load_split(cfg(folder), "train")
+    assert len(s) == 24
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "skipped 2 unreadable file(s)" in warnings[0]
+    assert "cat/broken.jpg" in warnings[0] and "cat/notes.txt" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda r: __import__("shutil").rmtree(r / "val"), "val does not exist"),
+        (lambda r: __import__("shutil").rmtree(r / "train" / "dog"), "a classifier needs at least 2"),
+        (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "is empty"),
+        (lambda r: (r / "val" / "dog").rename(r / "val" / "bird"), "train and val classes differ"),
+    ],
+)
+def test_bad_layouts_are_data_errors(folder: Path, damage: object, needle: str) -> None:
+    damage(folder)  # type: ignore[operator]
+    with pytest.raises(DataError, match=needle):
+        load_data(cfg(folder), torch.device("cpu"))
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(cfg(tmp_path / "nowhere"), torch.device("cpu"))

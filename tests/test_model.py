@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpsearch.model import build_model, count_params
+from hpsearch.spec import ArchSpec
+
+
+def arch(n: int, k: int, **kw: object) -> ArchSpec:
+    base: dict[str, object] = dict(
+        channels=tuple(8 * 2**i for i in range(n)), kernel_sizes=(k,) * n, activation="relu",
+        batch_norm=False, residual=False, dropout=0.1, dense_units=32,
+    )
+    base.update(kw)
+    return ArchSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("image_size", [32, 48, 64])
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 4, 5])
+def test_forward_every_depth_kernel_and_size(n_blocks: int, kernel: int, image_size: int) -> None:
+    model = build_model(arch(n_blocks, kernel), num_classes=2, image_size=image_size)
+    x = torch.randn(2, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    assert model(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "leaky_relu", "elu"])
+@pytest.mark.parametrize(("bn", "res"), [(True, True), (True, False), (False, True)])
+def test_variants(activation: str, bn: bool, res: bool) -> None:
+    a = arch(3, 3, activation=activation, batch_norm=bn, residual=res)
+    model = build_model(a, num_classes=3, image_size=32)
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_seed_baseline_parameter_count() -> None:
+    seed = ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512)
+    # convs 896 + 18496 + 73856, dense 128*8*8*512 + 512, logits 512*2 + 2
+    assert count_params(build_model(seed, 2, 64)) == 896 + 18496 + 73856 + 8192 * 512 + 512 + 1026
+
+
+def test_too_many_blocks_is_refused() -> None:
+    with pytest.raises(ValueError, match="no pixels"):
+        build_model(arch(6, 3), 2, 32)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpsearch.config import DataConfig
+from hpsearch.data import DeviceData, load_data
+from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.train import EpochMetrics, NonFiniteLoss, Normalizer, fit, random_resized_crop
+
+
+@pytest.fixture(scope="module")
+def data(data_root: Path) -> DeviceData:
+    c = DataConfig(root=data_root, image_size=32, max_per_class=200, val_max_per_class=100)
+    return load_data(c, torch.device("cpu"))
+
+
+def spec(epochs: int = 4, lr: float = 2e-3, optimizer: str = "adam", **kw: object) -> TrialSpec:
+    arch = ArchSpec((16, 32), (3, 3), "relu", True, False, 0.0, 64)
+    base: dict[str, object] = dict(
+        arch=arch, optim=OptimSpec(optimizer, lr, 1e-4, 0.9, 10, 0.9), batch_size=32,
+        epochs=epochs, seed=0, crop_scale=(0.35, 1.0), flip=True,
+    )
+    base.update(kw)
+    return TrialSpec(**base)  # type: ignore[arg-type]
+
+
+def test_training_on_real_images_lowers_the_loss(data: DeviceData) -> None:
+    seen: list[EpochMetrics] = []
+    result = fit(spec(epochs=5), data, seen.append)
+    assert [m.epoch for m in seen] == [1, 2, 3, 4, 5]
+    assert seen[-1].train_loss < seen[0].train_loss - 0.02
+    assert seen[-1].val_loss < math.log(2)  # better than chance
+    assert result.val_accuracy > 0.55
+    assert all(m.train_images_per_s > 0 and m.epoch_seconds >= m.train_seconds for m in seen)
+    assert result.n_params == sum(p.numel() for p in result.model.parameters())
+
+
+def test_same_seed_same_result(data: DeviceData) -> None:
+    a = fit(spec(epochs=1), data).history[0]
+    b = fit(spec(epochs=1), data).history[0]
+    assert a.train_loss == b.train_loss and a.val_accuracy == b.val_accuracy
+
+
+def test_step_lr_decays_every_step_epochs(data: DeviceData) -> None:
+    s = spec(epochs=4, optim=OptimSpec("sgd", 0.01, 0.0, 0.9, 2, 0.5))
+    lrs = [m.lr for m in fit(s, data).history]
+    assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005])
+
+
+def test_diverging_loss_raises(data: DeviceData) -> None:
+    with pytest.raises(NonFiniteLoss, match="epoch 1"):
+        fit(spec(epochs=2, optim=OptimSpec("sgd", 1e30, 0.0, 0.9, 10, 0.9)), data)
+
+
+def test_on_epoch_can_stop_training(data: DeviceData) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(m: EpochMetrics) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(spec(epochs=3), data, stop)
+
+
+def test_augmentation_shapes_and_identity(data: DeviceData) -> None:
+    x = Normalizer(torch.device("cpu"))(data.train_images[:8])
+    assert x.shape == (8, 3, 32, 32)
+    assert x.mean().abs() < 1.5  # normalised
+    g = torch.Generator().manual_seed(0)
+    same = random_resized_crop(x, (1.0, 1.0), False, g)
+    assert torch.allclose(same, x, atol=1e-4)
+    flipped = random_resized_crop(x, (1.0, 1.0), True, g)
+    for a, b in zip(flipped, x, strict=True):
+        assert torch.allclose(a, b, atol=1e-4) or torch.allclose(a, b.flip(-1), atol=1e-4)
+    cropped = random_resized_crop(x, (0.3, 0.5), True, g)
+    assert cropped.shape == x.shape and not torch.allclose(cropped, x)
