@@ -53,8 +53,9 @@ def small_imagefolder(dst: Path, src: Path, per_class: int, val_per_class: int) 
     return dst
 
 
-def hpsearch(args: Sequence[str], cwd: Path, timeout: float = 600,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hpsearch(
+    args: Sequence[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``hpsearch`` CLI in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "hpsearch.cli", *args],

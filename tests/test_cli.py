@@ -42,23 +42,47 @@ def test_run_then_resume_adds_trials(workdir: Path) -> None:
         assert 1 in t.intermediate_values
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert sorted(t.intermediate_values) == [1, 2]
-        assert {"n_blocks", "lr", "weight_decay", "lr_decay_step", "lr_decay_gamma", "dropout",
-                "batch_size", "optimizer", "activation", "kernel_size_b1", "channels_b1"} <= set(t.params)
+        assert {
+            "n_blocks",
+            "lr",
+            "weight_decay",
+            "lr_decay_step",
+            "lr_decay_gamma",
+            "dropout",
+            "batch_size",
+            "optimizer",
+            "activation",
+            "kernel_size_b1",
+            "channels_b1",
+        } <= set(t.params)
     # the resumed run does not replay the first run's proposals
     assert done[4].params != done[1].params and done[5].params != done[2].params
 
     # Optuna's own CLI reads the study
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "optuna"), "trials", "--study-name", "smoke",
-         "--storage", f"sqlite:///{workdir / 'hpsearch.db'}", "-f", "json"],
-        capture_output=True, text=True, cwd=workdir, check=True,
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "trials",
+            "--study-name",
+            "smoke",
+            "--storage",
+            f"sqlite:///{workdir / 'hpsearch.db'}",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=True,
     )
     rows = json.loads(out.stdout)
     assert [row["number"] for row in rows] == [0, 1, 2, 3, 4, 5]
     assert rows[0]["params"]["lr"] == 1e-3 and rows[0]["user_attrs"]["baseline"] is True
 
     # train --trial best retrains the study's best trial and ends with one JSON line
-    r = hpsearch(["train", "--study", "smoke", "--trial", "best", "--set", "train.epochs=1"], workdir)
+    r = hpsearch(
+        ["train", "--study", "smoke", "--trial", "best", "--set", "train.epochs=1"], workdir
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["trial"] == f"trial {study.best_trial.number}"
@@ -67,8 +91,23 @@ def test_run_then_resume_adds_trials(workdir: Path) -> None:
 
 @pytest.mark.parametrize("sampler", ["random", "gp", "cmaes", "qmc"])
 def test_samplers(workdir: Path, sampler: str) -> None:
-    r = hpsearch(["run", "--study", "smoke", "--trials", "3", "--sampler", sampler,
-                  "--pruner", "none", "--set", "train.epochs=1", *TINY], workdir)
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "3",
+            "--sampler",
+            sampler,
+            "--pruner",
+            "none",
+            "--set",
+            "train.epochs=1",
+            *TINY,
+        ],
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     assert f"sampler {sampler}" in r.stdout
     assert len(finished(load(workdir))) == 3
@@ -82,8 +121,21 @@ def test_pruners(workdir: Path, pruner: str) -> None:
 
 
 def test_grid_stops_when_exhausted(workdir: Path) -> None:
-    r = hpsearch(["run", "--study", "smoke", "--trials", "10", "--sampler", "grid",
-                  "--set", "train.epochs=1", *TINY], workdir)
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "10",
+            "--sampler",
+            "grid",
+            "--set",
+            "train.epochs=1",
+            *TINY,
+        ],
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     study = load(workdir)
     points = {(t.params["lr"], t.params["kernel_size"]) for t in finished(study)}
@@ -94,8 +146,21 @@ def test_grid_stops_when_exhausted(workdir: Path) -> None:
 
 
 def test_catdog_starts_from_the_seed_baseline(workdir: Path) -> None:
-    r = hpsearch(["run", "--study", "catdog", "--trials", "1", "--set", "data.image_size=32",
-                  "--set", "train.epochs=1", *TINY], workdir)
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "catdog",
+            "--trials",
+            "1",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "train.epochs=1",
+            *TINY,
+        ],
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     (t0,) = load(workdir, "catdog").trials
     assert t0.number == 0 and t0.user_attrs["baseline"] is True
@@ -103,23 +168,52 @@ def test_catdog_starts_from_the_seed_baseline(workdir: Path) -> None:
 
 
 def test_train_baseline_prints_epochs_and_json(workdir: Path) -> None:
-    r = hpsearch(["train", "--study", "catdog", "--trial", "baseline", "--set", "data.image_size=32",
-                  "--set", "train.epochs=2", *TINY], workdir)
+    r = hpsearch(
+        [
+            "train",
+            "--study",
+            "catdog",
+            "--trial",
+            "baseline",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "train.epochs=2",
+            *TINY,
+        ],
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[-3].startswith("epoch 1/2") and lines[-2].startswith("epoch 2/2")
     result = json.loads(lines[-1])
-    assert {"val_accuracy", "train_images_per_s", "epoch_seconds", "params", "n_params"} <= set(result)
+    assert {"val_accuracy", "train_images_per_s", "epoch_seconds", "params", "n_params"} <= set(
+        result
+    )
     assert 0 <= result["val_accuracy"] <= 1 and result["train_images_per_s"] > 0
     assert result["params"]["batch_size"] == 32
     assert not (workdir / "hpsearch.db").exists()  # no search, no database
 
 
-def test_study_name_and_storage_flags(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_study_name_and_storage_flags(
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     db = tmp_path_factory.mktemp("db") / "elsewhere.db"
-    r = hpsearch(["run", "--study", str(Path(__file__).parents[1] / "studies" / "smoke.yaml"),
-                  "--trials", "1", "--study-name", "mine", "--storage", f"sqlite:///{db}", *TINY],
-                 workdir)
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            str(Path(__file__).parents[1] / "studies" / "smoke.yaml"),
+            "--trials",
+            "1",
+            "--study-name",
+            "mine",
+            "--storage",
+            f"sqlite:///{db}",
+            *TINY,
+        ],
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")]
     assert names == ["mine"]
@@ -130,10 +224,22 @@ def test_study_name_and_storage_flags(workdir: Path, tmp_path_factory: pytest.Te
     [
         (["run", "--study", "nope", "--trials", "1"], "unknown study 'nope'"),
         (["run", "--study", "smoke", "--trials", "0"], "--trials: must be at least 1"),
-        (["run", "--study", "smoke", "--trials", "1", "--sampler", "anneal"], "--sampler: search.sampler: unknown sampler 'anneal'"),
-        (["run", "--study", "smoke", "--trials", "1", "--set", "data.image_size=banana"], "data.image_size: expected an integer"),
-        (["run", "--study", "smoke", "--trials", "1", "--storage", "redis://h/0"], "unknown scheme 'redis'"),
-        (["run", "--study", "smoke", "--trials", "1", "--set", "data.root=/no/such/dir"], "data root /no/such/dir does not exist"),
+        (
+            ["run", "--study", "smoke", "--trials", "1", "--sampler", "anneal"],
+            "--sampler: search.sampler: unknown sampler 'anneal'",
+        ),
+        (
+            ["run", "--study", "smoke", "--trials", "1", "--set", "data.image_size=banana"],
+            "data.image_size: expected an integer",
+        ),
+        (
+            ["run", "--study", "smoke", "--trials", "1", "--storage", "redis://h/0"],
+            "unknown scheme 'redis'",
+        ),
+        (
+            ["run", "--study", "smoke", "--trials", "1", "--set", "data.root=/no/such/dir"],
+            "data root /no/such/dir does not exist",
+        ),
         (["run", "--study", "smoke"], "the following arguments are required: --trials"),
         (["train", "--study", "smoke", "--trial", "best"], "no study named 'smoke'"),
     ],
@@ -151,8 +257,9 @@ def test_misspelt_key_in_a_study_file(workdir: Path) -> None:
     bad.write_text("data:\n  image_size: 32\ntrain:\n  epocs: 2\n")
     r = hpsearch(["run", "--study", str(bad), "--trials", "1"], workdir)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"hpsearch: error: {bad}: train.epocs: unknown key "
-                                "(did you mean 'epochs'?)")
+    assert r.stderr.strip() == (
+        f"hpsearch: error: {bad}: train.epocs: unknown key (did you mean 'epochs'?)"
+    )
 
 
 def test_help_shows_defaults(workdir: Path) -> None:

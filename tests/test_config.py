@@ -53,21 +53,39 @@ def test_yaml_reads_1e_minus_3_as_float(tmp_path: Path) -> None:
         ("data:\n  image_size: 32.5\n", "data.image_size: expected an integer"),
         ("search:\n  space:\n    lr: {low: 1e-2, high: 1e-4}\n", "search.space.lr: empty range"),
         ("search:\n  space:\n    lr: {low: 1e-2, high: 1e-2}\n", "search.space.lr: empty range"),
-        ("search:\n  space:\n    weight_decay: {low: 0, high: 1, log: true}\n",
-         "search.space.weight_decay.low: a log range needs low > 0"),
-        ("search:\n  space:\n    kernel_size: [3, 4]\n", "search.space.kernel_size.choices: 4 is not an odd"),
-        ("search:\n  space:\n    kernel_size: []\n", "search.space.kernel_size.choices: expected a non-empty"),
+        (
+            "search:\n  space:\n    weight_decay: {low: 0, high: 1, log: true}\n",
+            "search.space.weight_decay.low: a log range needs low > 0",
+        ),
+        (
+            "search:\n  space:\n    kernel_size: [3, 4]\n",
+            "search.space.kernel_size.choices: 4 is not an odd",
+        ),
+        (
+            "search:\n  space:\n    kernel_size: []\n",
+            "search.space.kernel_size.choices: expected a non-empty",
+        ),
         ("search:\n  space:\n    activation: [relu, swish]\n", "'swish' is not one of"),
-        ("search:\n  space:\n    dropout: {low: 0.0, high: 1.5}\n", "search.space.dropout.high: 1.5 is outside"),
-        ("search:\n  space:\n    optimiser: [sgd]\n", "search.space.optimiser: unknown key (did you mean 'optimizer'?)"),
+        (
+            "search:\n  space:\n    dropout: {low: 0.0, high: 1.5}\n",
+            "search.space.dropout.high: 1.5 is outside",
+        ),
+        (
+            "search:\n  space:\n    optimiser: [sgd]\n",
+            "search.space.optimiser: unknown key (did you mean 'optimizer'?)",
+        ),
         ("search:\n  sampler: annealing\n", "search.sampler: unknown sampler 'annealing'"),
         ("search:\n  pruner: {name: patient}\n", "search.pruner: unknown pruner 'patient'"),
         ("search:\n  sampler: grid\n  grid: {}\n", "search.grid: the grid sampler needs values"),
-        ("search:\n  space:\n    lr: {low: 1e-4, high: 1e-2}\n  grid:\n    lr: [0.5]\n",
-         "search.grid.lr: grid value 0.5 is outside search.space.lr"),
+        (
+            "search:\n  space:\n    lr: {low: 1e-4, high: 1e-2}\n  grid:\n    lr: [0.5]\n",
+            "search.grid.lr: grid value 0.5 is outside search.space.lr",
+        ),
         ("search:\n  space:\n    n_blocks: {low: 2, high: 6}\n", "search.space.n_blocks: 6 blocks"),
-        ("search:\n  enqueue_baseline: true\n  space:\n    lr: {low: 1e-2, high: 1e-1}\n",
-         "the seed baseline's lr=0.001 is outside this range"),
+        (
+            "search:\n  enqueue_baseline: true\n  space:\n    lr: {low: 1e-2, high: 1e-1}\n",
+            "the seed baseline's lr=0.001 is outside this range",
+        ),
         ("- just\n- a list\n", "a study file is a mapping of sections"),
         ("data: [unclosed\n", "not valid YAML"),
     ],
@@ -85,10 +103,19 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, needle: str) -> Non
 @pytest.mark.parametrize(
     ("item", "needle"),
     [
-        ("data.image_size=banana", "--set data.image_size: data.image_size: expected an integer, got str 'banana'"),
-        ("train.epochz=3", "--set train.epochz: train.epochz: unknown key (did you mean 'epochs'?)"),
+        (
+            "data.image_size=banana",
+            "--set data.image_size: data.image_size: expected an integer, got str 'banana'",
+        ),
+        (
+            "train.epochz=3",
+            "--set train.epochz: train.epochz: unknown key (did you mean 'epochs'?)",
+        ),
         ("train.epochs=-2", "--set train.epochs: train.epochs: must be >= 1"),
-        ("search.space.lr.low=oops", "--set search.space.lr.low: search.space.lr.low: expected float"),
+        (
+            "search.space.lr.low=oops",
+            "--set search.space.lr.low: search.space.lr.low: expected float",
+        ),
     ],
 )
 def test_set_errors_name_the_flag(item: str, needle: str) -> None:
@@ -98,9 +125,15 @@ def test_set_errors_name_the_flag(item: str, needle: str) -> None:
 
 
 def test_set_overrides_and_types() -> None:
-    cfg = load_study("catdog", [parse_set("data.image_size=64"), parse_set("train.epochs=1"),
-                                parse_set("search.space.activation=[relu, gelu]"),
-                                parse_set("search.sampler=random")])
+    cfg = load_study(
+        "catdog",
+        [
+            parse_set("data.image_size=64"),
+            parse_set("train.epochs=1"),
+            parse_set("search.space.activation=[relu, gelu]"),
+            parse_set("search.sampler=random"),
+        ],
+    )
     assert cfg.data.image_size == 64 and cfg.train.epochs == 1
     assert cfg.search.space["activation"] == Choice(("relu", "gelu"))
     assert cfg.search.sampler.name == "random" and dict(cfg.search.sampler.options) == {}

@@ -69,11 +69,15 @@ def test_max_per_class_takes_first_files_by_name(data_root: Path) -> None:
     c = DataConfig(root=data_root, image_size=32, max_per_class=5, val_max_per_class=3)
     s = load_split(c, "train")
     assert len(s) == 10
-    assert list(s.files[:5]) == [f"cat/{n}" for n in sorted(os.listdir(data_root / "train/cat"))[:5]]
+    assert list(s.files[:5]) == [
+        f"cat/{n}" for n in sorted(os.listdir(data_root / "train/cat"))[:5]
+    ]
     assert len(load_split(c, "val")) == 6
 
 
-def test_unreadable_files_are_skipped_with_one_warning(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_files_are_skipped_with_one_warning(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (folder / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (folder / "train" / "cat" / "notes.txt").write_text("hello")
     with caplog.at_level(logging.WARNING):
@@ -89,7 +93,10 @@ def test_unreadable_files_are_skipped_with_one_warning(folder: Path, caplog: pyt
     ("damage", "needle"),
     [
         (lambda r: __import__("shutil").rmtree(r / "val"), "val does not exist"),
-        (lambda r: __import__("shutil").rmtree(r / "train" / "dog"), "a classifier needs at least 2"),
+        (
+            lambda r: __import__("shutil").rmtree(r / "train" / "dog"),
+            "a classifier needs at least 2",
+        ),
         (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "is empty"),
         (lambda r: (r / "val" / "dog").rename(r / "val" / "bird"), "train and val classes differ"),
     ],

@@ -9,8 +9,13 @@ from hpsearch.spec import ArchSpec
 
 def arch(n: int, k: int, **kw: object) -> ArchSpec:
     base: dict[str, object] = dict(
-        channels=tuple(8 * 2**i for i in range(n)), kernel_sizes=(k,) * n, activation="relu",
-        batch_norm=False, residual=False, dropout=0.1, dense_units=32,
+        channels=tuple(8 * 2**i for i in range(n)),
+        kernel_sizes=(k,) * n,
+        activation="relu",
+        batch_norm=False,
+        residual=False,
+        dropout=0.1,
+        dense_units=32,
     )
     base.update(kw)
     return ArchSpec(**base)  # type: ignore[arg-type]

@@ -16,9 +16,14 @@ from hpsearch.train import EpochMetrics
 
 @pytest.fixture(scope="module")
 def cfg() -> StudyConfig:
-    return load_study("smoke", [parse_set("data.max_per_class=80"),
-                                parse_set("data.val_max_per_class=40"),
-                                parse_set("train.epochs=3")])
+    return load_study(
+        "smoke",
+        [
+            parse_set("data.max_per_class=80"),
+            parse_set("data.val_max_per_class=40"),
+            parse_set("train.epochs=3"),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +31,15 @@ def data(cfg: StudyConfig) -> DeviceData:
     return load_data(cfg.data, torch.device("cpu"))
 
 
-def test_reports_every_epoch_and_records_attrs(tmp_path: Path, cfg: StudyConfig, data: DeviceData) -> None:
+def test_reports_every_epoch_and_records_attrs(
+    tmp_path: Path, cfg: StudyConfig, data: DeviceData
+) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     study = open_study(cfg, storage, "o")
     seen: list[tuple[int, int]] = []
-    study.optimize(make_objective(cfg, data, lambda t, m: seen.append((t.number, m.epoch))),
-                   n_trials=2)
+    study.optimize(
+        make_objective(cfg, data, lambda t, m: seen.append((t.number, m.epoch))), n_trials=2
+    )
     trials = optuna.load_study(study_name="o", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
     assert seen == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]  # 2 pruner startup trials
     t0 = trials[0]
@@ -39,8 +47,15 @@ def test_reports_every_epoch_and_records_attrs(tmp_path: Path, cfg: StudyConfig,
     assert t0.state == optuna.trial.TrialState.COMPLETE
     assert sorted(t0.intermediate_values) == [1, 2, 3]
     assert t0.value == t0.intermediate_values[3]
-    for key in ("n_params", "train_images_per_s", "epoch_seconds", "device", "seed", "versions",
-                "config"):
+    for key in (
+        "n_params",
+        "train_images_per_s",
+        "epoch_seconds",
+        "device",
+        "seed",
+        "versions",
+        "config",
+    ):
         assert key in t0.user_attrs, key
     assert t0.user_attrs["versions"]["torch"] == metadata.version("torch")
     assert t0.user_attrs["config"]["train"]["epochs"] == 3
@@ -48,8 +63,11 @@ def test_reports_every_epoch_and_records_attrs(tmp_path: Path, cfg: StudyConfig,
 
 
 def test_prunes_when_the_pruner_says_so(tmp_path: Path, cfg: StudyConfig, data: DeviceData) -> None:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize",
-                                pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'p.db'}",
+        direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=1.01),
+    )
     epochs: list[EpochMetrics] = []
     study.optimize(make_objective(cfg, data, lambda t, m: epochs.append(m)), n_trials=2)
     for t in study.trials:
@@ -60,12 +78,17 @@ def test_prunes_when_the_pruner_says_so(tmp_path: Path, cfg: StudyConfig, data: 
 
 
 def test_nan_loss_prunes_with_reason(tmp_path: Path, data: DeviceData) -> None:
-    bad = load_study("smoke", [parse_set("search.space.lr=10.0"),
-                               parse_set("search.space.optimizer=sgd"),
-                               parse_set("search.space.momentum=0.99"),
-                               parse_set("search.space.batch_norm=false"),
-                               parse_set("search.enqueue_baseline=false"),
-                               parse_set("train.epochs=3")])
+    bad = load_study(
+        "smoke",
+        [
+            parse_set("search.space.lr=10.0"),
+            parse_set("search.space.optimizer=sgd"),
+            parse_set("search.space.momentum=0.99"),
+            parse_set("search.space.batch_norm=false"),
+            parse_set("search.enqueue_baseline=false"),
+            parse_set("train.epochs=3"),
+        ],
+    )
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", direction="maximize")
     study.optimize(make_objective(bad, data), n_trials=1)
     (t,) = study.trials

@@ -22,8 +22,7 @@ from hpsearch.space import (
 @pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
 def test_every_named_parameter_within_its_range(sampler: str) -> None:
     cfg = load_study("catdog", [parse_set(f"search.sampler={sampler}")])
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     seen_blocks: set[int] = set()
     for _ in range(40):
         trial = study.ask()

@@ -21,8 +21,13 @@ def data(data_root: Path) -> DeviceData:
 def spec(epochs: int = 4, lr: float = 2e-3, optimizer: str = "adam", **kw: object) -> TrialSpec:
     arch = ArchSpec((16, 32), (3, 3), "relu", True, False, 0.0, 64)
     base: dict[str, object] = dict(
-        arch=arch, optim=OptimSpec(optimizer, lr, 1e-4, 0.9, 10, 0.9), batch_size=32,
-        epochs=epochs, seed=0, crop_scale=(0.35, 1.0), flip=True,
+        arch=arch,
+        optim=OptimSpec(optimizer, lr, 1e-4, 0.9, 10, 0.9),
+        batch_size=32,
+        epochs=epochs,
+        seed=0,
+        crop_scale=(0.35, 1.0),
+        flip=True,
     )
     base.update(kw)
     return TrialSpec(**base)  # type: ignore[arg-type]

@@ -27,37 +27,76 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", required=True, metavar="NAME|PATH",
-                   help="a study name under studies/ (e.g. catdog, smoke) or a path to a YAML file")
-    p.add_argument("--storage", metavar="URL", default=None,
-                   help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
-                        "working directory)")
-    p.add_argument("--study-name", metavar="NAME", default=None,
-                   help="Optuna study name (default: the study file's stem)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a study-file key, e.g. --set data.image_size=64 (repeatable)")
+    p.add_argument(
+        "--study",
+        required=True,
+        metavar="NAME|PATH",
+        help="a study name under studies/ (e.g. catdog, smoke) or a path to a YAML file",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
+        "working directory)",
+    )
+    p.add_argument(
+        "--study-name",
+        metavar="NAME",
+        default=None,
+        help="Optuna study name (default: the study file's stem)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study-file key, e.g. --set data.image_size=64 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hpsearch", description="Hyperparameter search for PyTorch CNNs on Optuna.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(
+        prog="hpsearch",
+        description="Hyperparameter search for PyTorch CNNs on Optuna.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run (or resume) a search: N more trials",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a search: N more trials",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _study_args(run)
     run.add_argument("--trials", type=int, required=True, metavar="N", help="trials to add")
-    run.add_argument("--sampler", default=None, help="override search.sampler: tpe, random, grid, "
-                     "gp, cmaes, qmc (default: the study file's)")
-    run.add_argument("--pruner", default=None, help="override search.pruner: median, "
-                     "successive_halving, hyperband, none (default: the study file's)")
+    run.add_argument(
+        "--sampler",
+        default=None,
+        help="override search.sampler: tpe, random, grid, "
+        "gp, cmaes, qmc (default: the study file's)",
+    )
+    run.add_argument(
+        "--pruner",
+        default=None,
+        help="override search.pruner: median, "
+        "successive_halving, hyperband, none (default: the study file's)",
+    )
     run.set_defaults(func=cmd_run)
 
-    train = sub.add_parser("train", help="train one configuration without a search",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train = sub.add_parser(
+        "train",
+        help="train one configuration without a search",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _study_args(train)
-    train.add_argument("--trial", default="baseline", metavar="baseline|best|NUMBER",
-                       help="the seed baseline, the study's best trial, or a trial number")
+    train.add_argument(
+        "--trial",
+        default="baseline",
+        metavar="baseline|best|NUMBER",
+        help="the seed baseline, the study's best trial, or a trial number",
+    )
     train.set_defaults(func=cmd_train)
     return parser
 
@@ -70,8 +109,11 @@ def _load(args: argparse.Namespace, extra: Sequence[Override] = ()) -> StudyConf
 def cmd_run(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
-    extra = [Override(f"search.{k}", getattr(args, k), f"--{k}")
-             for k in ("sampler", "pruner") if getattr(args, k) is not None]
+    extra = [
+        Override(f"search.{k}", getattr(args, k), f"--{k}")
+        for k in ("sampler", "pruner")
+        if getattr(args, k) is not None
+    ]
     cfg = _load(args, extra)
 
     import optuna
@@ -90,10 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = open_study(cfg, storage, name)
     finished_before = {t.number for t in study.trials if t.state.is_finished()}
     s = cfg.search
-    print(f"study {name!r} in {mask_url(url)}: {len(finished_before)} finished trials so far, running {args.trials} more "
-          f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)")
-    print(f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
-          f"{', '.join(data.classes)} at {data.image_size}px on {device}", flush=True)
+    print(
+        f"study {name!r} in {mask_url(url)}: {len(finished_before)} finished trials so far, "
+        f"running {args.trials} more "
+        f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
+    )
+    print(
+        f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
+        f"{', '.join(data.classes)} at {data.image_size}px on {device}",
+        flush=True,
+    )
     if s.sampler.name == "grid" and grid_done(study) >= grid_size(cfg):
         print(f"the grid is exhausted: all {grid_size(cfg)} points have a finished trial")
         return 0
@@ -101,16 +149,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(args.trials)
     progress.seed_best(study)
     objective = make_objective(cfg, data, progress.epoch)
-    study.optimize(objective, n_trials=args.trials, callbacks=[progress.trial_done],
-                   catch=(torch.OutOfMemoryError,))
-    states = [t.state for t in study.trials
-              if t.number not in finished_before and t.state.is_finished()]
-    counts = ", ".join(f"{states.count(st)} {st.name.lower()}" for st in optuna.trial.TrialState
-                       if states.count(st))
+    study.optimize(
+        objective,
+        n_trials=args.trials,
+        callbacks=[progress.trial_done],
+        catch=(torch.OutOfMemoryError,),
+    )
+    states = [
+        t.state for t in study.trials if t.number not in finished_before and t.state.is_finished()
+    ]
+    counts = ", ".join(
+        f"{states.count(st)} {st.name.lower()}"
+        for st in optuna.trial.TrialState
+        if states.count(st)
+    )
     print(f"done: {len(states)} trials ({counts}); {len(study.trials)} in the study")
     try:
         best = study.best_trial
-        print(f"best: val_accuracy {best.value:.4f} in trial {best.number}: {json.dumps(best.params)}")
+        print(
+            f"best: val_accuracy {best.value:.4f} in trial {best.number}: {json.dumps(best.params)}"
+        )
     except ValueError:
         print("best: no completed trial yet")
     print(f"browse: optuna-dashboard {mask_url(url)}")
@@ -124,7 +182,9 @@ def _device(cfg: StudyConfig) -> torch.device:
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {cfg.train.device} requested but no CUDA device is available")
+        raise ConfigError(
+            f"train.device: {cfg.train.device} requested but no CUDA device is available"
+        )
     return device
 
 
@@ -132,8 +192,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     from hpsearch.data import load_data
-    from hpsearch.space import Recorder, baseline_value, params_source, sample_values, to_trial_spec
-    from hpsearch.space import trial_seed
+    from hpsearch.space import (
+        Recorder,
+        baseline_value,
+        params_source,
+        sample_values,
+        to_trial_spec,
+        trial_seed,
+    )
     from hpsearch.train import fit
 
     label = str(args.trial)
@@ -151,36 +217,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = to_trial_spec(values, cfg, seed)
     device = _device(cfg)
     data = load_data(cfg.data, device)
-    print(f"training {label} for {spec.epochs} epochs on {len(data.train_labels)} images at "
-          f"{data.image_size}px on {device}", flush=True)
+    print(
+        f"training {label} for {spec.epochs} epochs on {len(data.train_labels)} images at "
+        f"{data.image_size}px on {device}",
+        flush=True,
+    )
 
     def show(m: object) -> None:
         from hpsearch.train import EpochMetrics
 
         assert isinstance(m, EpochMetrics)
-        print(f"epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f} train_acc {m.train_accuracy:.4f} "
-              f"val_loss {m.val_loss:.4f} val_acc {m.val_accuracy:.4f} lr {m.lr:.2e} "
-              f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)", flush=True)
+        print(
+            f"epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f} train_acc {m.train_accuracy:.4f} "
+            f"val_loss {m.val_loss:.4f} val_acc {m.val_accuracy:.4f} lr {m.lr:.2e} "
+            f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)",
+            flush=True,
+        )
 
     result = fit(spec, data, show, cfg.train.eval_batch_size)
-    print(json.dumps({
-        "trial": label,
-        "val_accuracy": result.val_accuracy,
-        "train_images_per_s": round(result.train_images_per_s, 1),
-        "epoch_seconds": round(result.epoch_seconds, 3),
-        "n_params": result.n_params,
-        "params": params,
-        "seed": seed,
-        "device": str(device),
-    }))
+    print(
+        json.dumps(
+            {
+                "trial": label,
+                "val_accuracy": result.val_accuracy,
+                "train_images_per_s": round(result.train_images_per_s, 1),
+                "epoch_seconds": round(result.epoch_seconds, 3),
+                "n_params": result.n_params,
+                "params": params,
+                "seed": seed,
+                "device": str(device),
+            }
+        )
+    )
     return 0
 
 
-def _stored_trial(cfg: StudyConfig, args: argparse.Namespace, label: str) -> optuna.trial.FrozenTrial:
+def _stored_trial(
+    cfg: StudyConfig, args: argparse.Namespace, label: str
+) -> optuna.trial.FrozenTrial:
     from hpsearch.study import open_storage, open_study, storage_url
 
-    study = open_study(cfg, open_storage(storage_url(args.storage)), args.study_name or cfg.name,
-                       create=False)
+    study = open_study(
+        cfg, open_storage(storage_url(args.storage)), args.study_name or cfg.name, create=False
+    )
     if label == "best":
         try:
             return study.best_trial

@@ -84,7 +84,8 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain JSON-able data (trial attrs, checkpoints)."""
-        return _plain(self.raw)
+        plain: dict[str, Any] = _plain(self.raw)
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -117,7 +118,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 # --- locating and loading ------------------------------------------------------------------
@@ -230,7 +231,9 @@ def _tname(v: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(v), type(v).__name__)
 
 
-def _section(doc: Mapping[str, Any], key: str, prefix: str, allowed: Sequence[str]) -> dict[str, Any]:
+def _section(
+    doc: Mapping[str, Any], key: str, prefix: str, allowed: Sequence[str]
+) -> dict[str, Any]:
     full = f"{prefix}{key}"
     value = doc.get(key)
     if value is None:
@@ -301,7 +304,9 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in crop)
         or not 0 < crop[0] <= crop[1] <= 1
     ):
-        raise _Invalid("train.crop_scale", f"expected [min, max] with 0 < min <= max <= 1, got {crop!r}")
+        raise _Invalid(
+            "train.crop_scale", f"expected [min, max] with 0 < min <= max <= 1, got {crop!r}"
+        )
     train = TrainConfig(
         epochs=_req_int(t, "epochs", "train.epochs", 10, 1),
         device=device,
@@ -358,7 +363,9 @@ def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
         raise _Invalid(key, f"expected a name or a mapping with 'name', got {_tname(raw)}")
     name = raw.get("name")
     if name not in names:
-        raise _Invalid(key, f"unknown {key.rsplit('.', 1)[-1]} {name!r} (choose from {', '.join(names)})")
+        raise _Invalid(
+            key, f"unknown {key.rsplit('.', 1)[-1]} {name!r} (choose from {', '.join(names)})"
+        )
     options = {k: v for k, v in raw.items() if k != "name"}
     return NamedOptions(str(name), MappingProxyType(options))
 
@@ -438,9 +445,13 @@ def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, t
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise _Invalid("search.grid", f"expected a mapping of parameter -> values, got {_tname(raw)}")
+        raise _Invalid(
+            "search.grid", f"expected a mapping of parameter -> values, got {_tname(raw)}"
+        )
     if needed and not raw:
-        raise _Invalid("search.grid", "the grid sampler needs values, e.g. grid: {lr: [1e-3, 1e-2]}")
+        raise _Invalid(
+            "search.grid", "the grid sampler needs values, e.g. grid: {lr: [1e-3, 1e-2]}"
+        )
     grid: dict[str, tuple[Scalar, ...]] = {}
     for name, values in raw.items():
         key = f"search.grid.{name}"
@@ -451,7 +462,9 @@ def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, t
         spec = space.get(fam)
         if isinstance(spec, Fixed):
             if needed:
-                raise _Invalid(key, f"{fam} is fixed in search.space; make it a range or drop it here")
+                raise _Invalid(
+                    key, f"{fam} is fixed in search.space; make it a range or drop it here"
+                )
             spec = None  # the grid is not used by this sampler
         if not isinstance(values, list) or not values:
             raise _Invalid(key, "expected a non-empty list of values")

@@ -54,21 +54,31 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "hpsearch"
 
 
-def list_split(split_dir: Path, max_per_class: int | None = None) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+def list_split(
+    split_dir: Path, max_per_class: int | None = None
+) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     """Class names and ``(relative path, label)`` for an ImageFolder split, sorted by name.
 
     With ``max_per_class`` only the first N files of each class (by name) are taken.
     """
     if not split_dir.is_dir():
-        raise DataError(f"data directory {split_dir} does not exist (expected ImageFolder layout: "
-                        f"{split_dir}/<class>/<image>)")
-    classes = tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        raise DataError(
+            f"data directory {split_dir} does not exist (expected ImageFolder layout: "
+            f"{split_dir}/<class>/<image>)"
+        )
+    classes = tuple(
+        sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    )
     if len(classes) < 2:
-        raise DataError(f"{split_dir} has {len(classes)} class folder(s); a classifier needs at least 2")
+        raise DataError(
+            f"{split_dir} has {len(classes)} class folder(s); a classifier needs at least 2"
+        )
     files: list[tuple[str, int]] = []
     for label, cls in enumerate(classes):
         names = sorted(
-            e.name for e in os.scandir(split_dir / cls) if e.is_file() and not e.name.startswith(".")
+            e.name
+            for e in os.scandir(split_dir / cls)
+            if e.is_file() and not e.name.startswith(".")
         )
         if max_per_class is not None:
             names = names[:max_per_class]
@@ -97,7 +107,9 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)
 
 
-def _decode_all(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> tuple[np.ndarray, list[int]]:
+def _decode_all(
+    split_dir: Path, files: Sequence[tuple[str, int]], size: int
+) -> tuple[np.ndarray, list[int]]:
     """Decode in threads (PIL releases the GIL while decoding); returns images and the indices of
     files that could not be read."""
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
@@ -137,8 +149,14 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]), tuple(blob["files"]))
 
 
-def _build(split_dir: Path, classes: tuple[str, ...], files: list[tuple[str, int]], size: int,
-           path: Path, stem: str) -> None:
+def _build(
+    split_dir: Path,
+    classes: tuple[str, ...],
+    files: list[tuple[str, int]],
+    size: int,
+    path: Path,
+    stem: str,
+) -> None:
     images, bad = _decode_all(split_dir, files, size)
     if bad:
         names = [files[i][0] for i in bad]
@@ -184,13 +202,14 @@ def load_data(cfg: DataConfig, device: torch.device) -> DeviceData:
     """Load (or build) both splits' caches and put them on ``device``."""
     if not cfg.root.is_dir():
         raise DataError(
-            f"data root {cfg.root} does not exist (set HPSEARCH_DATA or data.root to an ImageFolder "
-            "directory with train/ and val/)"
+            f"data root {cfg.root} does not exist (set HPSEARCH_DATA or data.root to an "
+            "ImageFolder directory with train/ and val/)"
         )
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     if train.classes != val.classes:
         raise DataError(
-            f"train and val classes differ in {cfg.root}: {list(train.classes)} vs {list(val.classes)}"
+            f"train and val classes differ in {cfg.root}: "
+            f"{list(train.classes)} vs {list(val.classes)}"
         )
     return DeviceData(
         train.images.to(device),

@@ -35,7 +35,8 @@ class ConvBlock(nn.Module):
         z = self.norm(self.conv(x))
         if self.shortcut is not None:
             z = z + self.shortcut(x)
-        return self.pool(self.act(z))
+        out: torch.Tensor = self.pool(self.act(z))
+        return out
 
 
 def feature_size(arch: ArchSpec, image_size: int) -> int:

@@ -37,7 +37,8 @@ def trial_source(trial: optuna.Trial) -> Source:
         if isinstance(spec, FloatRange):
             return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
         if isinstance(spec, Choice):
-            value: Scalar = trial.suggest_categorical(name, list(spec.choices))
+            value = trial.suggest_categorical(name, list(spec.choices))
+            assert value is not None
             return value
         return spec.value
 

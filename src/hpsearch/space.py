@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
 
@@ -193,7 +193,9 @@ def coerce(family: str, value: Any) -> tuple[Scalar | None, str | None]:
     if isinstance(value, float) and not math.isfinite(value):
         return None, f"{value!r} is not a finite number"
     problem = FAMILIES[family].check(value)
-    return (None, problem) if problem else (value, None)
+    if problem:
+        return None, problem
+    return cast(Scalar, value), None
 
 
 # --- trial -> TrialSpec -----------------------------------------------------------------------

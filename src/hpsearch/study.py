@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
@@ -19,6 +19,7 @@ from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.space import baseline_params
 
+T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
 
@@ -44,22 +45,31 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"storage URL {shown} is not a database URL (e.g. {DEFAULT_STORAGE})") from None
+        raise StorageError(
+            f"storage URL {shown} is not a database URL (e.g. {DEFAULT_STORAGE})"
+        ) from None
     scheme = parsed.get_backend_name()
     if scheme not in SCHEMES:
-        raise StorageError(f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)")
+        raise StorageError(
+            f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)"
+        )
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
     elif scheme == "postgresql":
         if parsed.drivername == "postgresql":  # as users write it: use psycopg 3
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        engine_kwargs.update(pool_pre_ping=True, pool_size=2, max_overflow=2,
-                             connect_args={"connect_timeout": 10})
+        engine_kwargs.update(
+            pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 10}
+        )
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (
+            str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            if str(e).strip()
+            else type(e).__name__
+        )
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
 
 
@@ -71,7 +81,9 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
     name = s.sampler.name
     samplers = optuna.samplers
     if name == "grid":
-        return _construct(samplers.GridSampler, s.sampler, {"search_space": grid_space(cfg), "seed": s.seed})
+        return _construct(
+            samplers.GridSampler, s.sampler, {"search_space": grid_space(cfg), "seed": s.seed}
+        )
     defaults: dict[str, dict[str, Any]] = {
         "tpe": {"seed": seed, "multivariate": True, "constant_liar": True},
         "random": {"seed": seed},
@@ -79,9 +91,13 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
         "cmaes": {"seed": seed, "warn_independent_sampling": False},
         "qmc": {"seed": seed, "warn_independent_sampling": False},
     }
-    classes = {"tpe": samplers.TPESampler, "random": samplers.RandomSampler,
-               "gp": samplers.GPSampler, "cmaes": samplers.CmaEsSampler,
-               "qmc": samplers.QMCSampler}
+    classes: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+        "tpe": samplers.TPESampler,
+        "random": samplers.RandomSampler,
+        "gp": samplers.GPSampler,
+        "cmaes": samplers.CmaEsSampler,
+        "qmc": samplers.QMCSampler,
+    }
     return _construct(classes[name], s.sampler, defaults[name])
 
 
@@ -99,14 +115,19 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     if p.name == "median":
         return _construct(pruners.MedianPruner, p, {"n_startup_trials": 5, "n_warmup_steps": 0})
     if p.name == "successive_halving":
-        return _construct(pruners.SuccessiveHalvingPruner, p, {"min_resource": 1, "reduction_factor": 3})
+        return _construct(
+            pruners.SuccessiveHalvingPruner, p, {"min_resource": 1, "reduction_factor": 3}
+        )
     if p.name == "hyperband":
-        return _construct(pruners.HyperbandPruner, p,
-                          {"min_resource": 1, "max_resource": cfg.train.epochs, "reduction_factor": 3})
+        return _construct(
+            pruners.HyperbandPruner,
+            p,
+            {"min_resource": 1, "max_resource": cfg.train.epochs, "reduction_factor": 3},
+        )
     return _construct(pruners.NopPruner, p, {})
 
 
-def _construct(cls: Any, named: NamedOptions, defaults: Mapping[str, Any]) -> Any:
+def _construct(cls: Callable[..., T], named: NamedOptions, defaults: Mapping[str, Any]) -> T:
     kind = "sampler" if "sampler" in cls.__module__ else "pruner"
     try:
         return cls(**{**defaults, **named.options})
@@ -118,7 +139,9 @@ def open_study(
     cfg: StudyConfig, storage: optuna.storages.BaseStorage, study_name: str, *, create: bool = True
 ) -> optuna.Study:
     """Load the study, creating it (and enqueuing the seed baseline) when ``create`` and new."""
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    names = {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
     exists = study_name in names
     if not exists and not create:
         known = ", ".join(sorted(names)) or "none"
@@ -136,7 +159,9 @@ def open_study(
         load_if_exists=True,
     )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise StorageError(f"study {study_name!r} exists but minimizes; hpsearch maximizes accuracy")
+        raise StorageError(
+            f"study {study_name!r} exists but minimizes; hpsearch maximizes accuracy"
+        )
     if not exists:
         study.set_user_attr("study_file", str(cfg.path))
         study.set_user_attr("metric", "val_accuracy")

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,16 +120,22 @@ def random_resized_crop(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def make_optimizer(params: list[nn.Parameter], o: OptimSpec, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
+def make_optimizer(
+    params: list[nn.Parameter], o: OptimSpec, device: torch.device
+) -> torch.optim.Optimizer:
+    fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused
+        )
     if o.optimizer == "adam":
         return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
     if o.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.RMSprop(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
     raise ValueError(f"unknown optimizer {o.optimizer!r}")
 
 
@@ -144,8 +151,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             norm: Normalizer) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, norm: Normalizer
+) -> tuple[float, float]:
     """(mean loss, accuracy) over a uint8 NHWC split, without augmentation."""
     model.eval()
     dev = images.device
@@ -181,7 +189,7 @@ def fit(
         torch.backends.cudnn.benchmark = True
 
     model = build_model(spec.arch, len(data.classes), data.image_size)
-    model = model.to(dev, memory_format=torch.channels_last)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     opt = make_optimizer(list(model.parameters()), spec.optim, dev)
     sched = torch.optim.lr_scheduler.StepLR(
         opt, step_size=spec.optim.lr_decay_step, gamma=spec.optim.lr_decay_gamma
@@ -211,7 +219,7 @@ def fit(
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             loss_sum += loss.detach().float()
             correct += (logits.detach().argmax(1) == y).sum()
