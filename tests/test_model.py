@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpsearch.model import build_model, count_params
+from hpsearch.model import build_model, count_params, param_count
 from hpsearch.spec import ArchSpec
 
 
@@ -26,6 +26,7 @@ def arch(n: int, k: int, **kw: object) -> ArchSpec:
 @pytest.mark.parametrize("n_blocks", [1, 2, 3, 4, 5])
 def test_forward_every_depth_kernel_and_size(n_blocks: int, kernel: int, image_size: int) -> None:
     model = build_model(arch(n_blocks, kernel), num_classes=2, image_size=image_size)
+    assert param_count(arch(n_blocks, kernel), 2, image_size) == count_params(model)
     x = torch.randn(2, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
     assert model(x).shape == (2, 2)
 
@@ -37,6 +38,7 @@ def test_variants(activation: str, bn: bool, res: bool) -> None:
     model = build_model(a, num_classes=3, image_size=32)
     out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 3)
+    assert param_count(a, 3, 32) == count_params(model)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 

@@ -69,3 +69,16 @@ def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequent
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def param_count(arch: ArchSpec, num_classes: int, image_size: int) -> int:
+    """What ``count_params(build_model(...))`` returns, without building (or allocating) it."""
+    total = 0
+    c_in = 3
+    for c_out, k in zip(arch.channels, arch.kernel_sizes, strict=True):
+        total += c_in * c_out * k * k + (2 * c_out if arch.batch_norm else c_out)
+        if arch.residual and c_in != c_out:
+            total += c_in * c_out
+        c_in = c_out
+    flat = c_in * feature_size(arch, image_size) ** 2
+    return total + (flat + 1) * arch.dense_units + (arch.dense_units + 1) * num_classes

@@ -14,6 +14,7 @@ import torch
 from hpsearch import __version__
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData
+from hpsearch.model import param_count
 from hpsearch.space import (
     Choice,
     FloatRange,
@@ -80,6 +81,7 @@ def make_objective(
         seed = trial_seed(cfg.search.seed, trial.number)
         spec = to_trial_spec(values, cfg, seed)
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("n_params", param_count(spec.arch, len(data.classes), data.image_size))
         for k, v in static_attrs.items():
             trial.set_user_attr(k, v)
         seen = 0.0
@@ -114,7 +116,6 @@ def make_objective(
             if data.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
-        trial.set_user_attr("n_params", result.n_params)
         return result.val_accuracy
 
     return objective
