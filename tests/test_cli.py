@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -273,3 +275,36 @@ def test_database_already_recorded_is_kept_on_bad_input(workdir: Path) -> None:
     assert r.returncode == 2
     with sqlite3.connect(workdir / "hpsearch.db") as con:
         assert con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_trial_leaves_nothing_running_and_resumes(
+    workdir: Path, sig: signal.Signals, code: int
+) -> None:
+    args = ["run", "--study", "smoke", "--trials", "5", "--set", "train.epochs=40", *TINY]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        cwd=workdir,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "epoch 2/40" in line:  # mid-trial
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == code
+    assert "Traceback" not in err and "run the same command again to resume" in err
+    study = load(workdir)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states[-1] == optuna.trial.TrialState.FAIL
+    assert study.trials[-1].user_attrs["fail_reason"].startswith("stopped by")
+    r = hpsearch(
+        ["run", "--study", "smoke", "--trials", "1", "--set", "train.epochs=1", *TINY], workdir
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(finished(load(workdir))) == len(states) + 1

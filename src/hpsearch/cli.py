@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -273,21 +274,44 @@ def _stored_trial(
     raise StorageError(f"study {study.study_name!r} has no trial {label}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the running trial is marked failed and we exit."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C with a traceback; the user asked for it, so drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # A shell starts background jobs with SIGINT ignored; a search must still stop on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(format="hpsearch: %(levelname)s: %(message)s", level=logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for handler in logging.getLogger("optuna").handlers:
+            handler.addFilter(_NoInterruptTraceback())
         code: int = args.func(args)
         return code
     except HpsearchError as e:
         print(f"hpsearch: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("hpsearch: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"hpsearch: {what}; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -111,6 +111,9 @@ def make_objective(
         except NonFiniteLoss as e:
             trial.set_user_attr("pruned_reason", str(e))
             raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
+            raise
         except torch.OutOfMemoryError as e:
             trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0][:300]}")
             if data.device.type == "cuda":
