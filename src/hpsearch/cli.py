@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from hpsearch.errors import ConfigError, HpsearchError, StorageError
 if TYPE_CHECKING:
     import optuna
     import torch
+
+    from hpsearch.data import DeviceData
 
 log = logging.getLogger("hpsearch")
 
@@ -57,6 +60,16 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="trial heartbeat interval; a trial silent for 3 intervals is failed and retried",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hpsearch",
@@ -84,7 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="override search.pruner: median, "
         "successive_halving, hyperband, none (default: the study file's)",
     )
+    _worker_args(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes on this machine (default: --trials-per-gpu per GPU, or 1 on a "
+        "CPU-only machine, which runs in this process)",
+    )
+    run.add_argument(
+        "--gpus",
+        default=None,
+        metavar="0,1,...",
+        help="GPUs to use (default: all visible)",
+    )
+    run.add_argument(
+        "--trials-per-gpu",
+        type=int,
+        default=None,
+        metavar="K",
+        help="concurrent trials (worker processes) per GPU (default: 1)",
+    )
     run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser(
+        "worker",
+        help="join an existing study (e.g. from another host) until its budget is spent",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _study_args(worker)
+    _worker_args(worker)
+    worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser(
         "train",
@@ -117,54 +161,129 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     cfg = _load(args, extra)
 
-    import optuna
+    from hpsearch.data import load_data
+    from hpsearch.launcher import launch, plan_slots
+    from hpsearch.study import mask_url, open_storage, open_study, storage_url
+    from hpsearch.workers import TARGET_ATTR, finished_count
+
+    slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu)
+    url = storage_url(args.storage)
+    storage = open_storage(url, args.heartbeat)
+    local = len(slots) == 1 and slots[0].gpu is None
+    device = _device(cfg) if local else None
     import torch
 
-    from hpsearch.data import load_data
-    from hpsearch.objective import make_objective
-    from hpsearch.progress import Progress
-    from hpsearch.study import grid_done, grid_size, mask_url, open_storage, open_study, storage_url
-
-    url = storage_url(args.storage)
-    storage = open_storage(url)
-    device = _device(cfg)
-    data = load_data(cfg.data, device)
+    data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
     name = args.study_name or cfg.name
-    study = open_study(cfg, storage, name)
-    finished_before = {t.number for t in study.trials if t.state.is_finished()}
+    study = open_study(cfg, storage, name)  # schema and study made once, before any worker
+    before = finished_count(study)
+    study.set_user_attr(TARGET_ATTR, before + args.trials)
     s = cfg.search
     print(
-        f"study {name!r} in {mask_url(url)}: {len(finished_before)} finished trials so far, "
+        f"study {name!r} in {mask_url(url)}: {before} finished trials so far, "
         f"running {args.trials} more "
         f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
     )
     print(
         f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
-        f"{', '.join(data.classes)} at {data.image_size}px on {device}",
+        f"{', '.join(data.classes)} at {data.image_size}px on "
+        f"{device or f'{len(slots)} workers'}",
         flush=True,
     )
-    if s.sampler.name == "grid" and grid_done(study) >= grid_size(cfg):
-        print(f"the grid is exhausted: all {grid_size(cfg)} points have a finished trial")
-        return 0
+    if local:
+        assert device is not None
+        _work(cfg, study, data, args.heartbeat, offset=before, total=args.trials)
+    else:
+        worker_args = [
+            "--study",
+            str(cfg.path),
+            "--study-name",
+            name,
+            "--heartbeat",
+            str(args.heartbeat),
+        ]
+        for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
+            worker_args += ["--set", o]
+        codes = launch(slots, worker_args, url)
+        for slot, code in zip(slots, codes, strict=True):
+            if code != 0:
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                print(f"[w{slot.index}] ended with {how}", file=sys.stderr)
+    return _summary(cfg, study, before, url)
 
-    progress = Progress(args.trials)
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+
+    import torch
+
+    from hpsearch.data import load_data
+    from hpsearch.study import mask_url, open_storage, open_study, storage_url
+    from hpsearch.workers import target
+
+    threads = os.environ.get("HPSEARCH_THREADS")
+    if threads and threads.isdigit():
+        torch.set_num_threads(int(threads))
+    url = storage_url(args.storage)
+    storage = open_storage(url, args.heartbeat)
+    name = args.study_name or cfg.name
+    wid = os.environ.get("HPSEARCH_WORKER_ID", "")
+    seed_offset = 7919 * (int(wid) + 1) if wid.isdigit() else os.getpid()
+    study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
+    goal = target(study)
+    if goal is None:
+        raise StorageError(f"study {name!r} has no trial budget; start it with hpsearch run")
+    device = _device(cfg)
+    data = load_data(cfg.data, device)
+    print(
+        f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials",
+        flush=True,
+    )
+    _work(cfg, study, data, args.heartbeat, offset=0, total=goal)
+    return 0
+
+
+def _work(
+    cfg: StudyConfig, study: optuna.Study, data: DeviceData, heartbeat: int, offset: int, total: int
+) -> None:
+    """Run this process's share of the budget, printing progress."""
+    import torch
+
+    from hpsearch.objective import make_objective
+    from hpsearch.progress import Progress
+    from hpsearch.study import grid_check
+    from hpsearch.workers import claim_lock, run_until_budget
+
+    progress = Progress(total, offset)
     progress.seed_best(study)
-    objective = make_objective(cfg, data, progress.epoch)
-    study.optimize(
-        objective,
-        n_trials=args.trials,
+    reason = run_until_budget(
+        study,
+        make_objective(cfg, data, progress.epoch),
+        claim_lock(study._storage, study.study_name),
         callbacks=[progress.trial_done],
         catch=(torch.OutOfMemoryError,),
+        poll_seconds=min(5.0, float(heartbeat)),
+        grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
     )
-    states = [
-        t.state for t in study.trials if t.number not in finished_before and t.state.is_finished()
-    ]
-    counts = ", ".join(
-        f"{states.count(st)} {st.name.lower()}"
-        for st in optuna.trial.TrialState
-        if states.count(st)
+    if reason == "grid exhausted":
+        print("the grid is exhausted: every point has a finished trial", flush=True)
+
+
+def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> int:
+    """Print what the run did; exit code 0 when the budget (or the grid) is done."""
+    import optuna
+
+    from hpsearch.study import grid_check, mask_url
+    from hpsearch.workers import finished_count, target
+
+    trials = study.get_trials(deepcopy=False)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    done = finished_count(study)
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    print(
+        f"done: {done - before} trials finished in this run; the study has {done} finished"
+        f" ({failed} failed, {running} running)"
     )
-    print(f"done: {len(states)} trials ({counts}); {len(study.trials)} in the study")
     try:
         best = study.best_trial
         print(
@@ -173,6 +292,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError:
         print("best: no completed trial yet")
     print(f"browse: optuna-dashboard {mask_url(url)}")
+    goal = target(study)
+    if goal is not None and done < goal:
+        if cfg.search.sampler.name == "grid" and grid_check(cfg)(study) == "exhausted":
+            return 0
+        print(
+            f"hpsearch: error: the budget of {goal} finished trials was not reached",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 from typing import TextIO
 
 import optuna
+from optuna.trial import TrialState
 
 from hpsearch.train import EpochMetrics
 
@@ -13,8 +14,9 @@ from hpsearch.train import EpochMetrics
 class Progress:
     """Trials done of N, best so far, the current trial's epoch."""
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, offset: int = 0, stream: TextIO | None = None) -> None:
         self.total = total
+        self.offset = offset  # finished trials in the study before this run
         self.done = 0
         self.stream = stream or sys.stdout
         self.best: tuple[float, int] | None = None
@@ -41,7 +43,9 @@ class Progress:
         )
 
     def trial_done(self, study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        self.done += 1
+        # study-wide, so that several workers show the same count
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        self.done = len(finished) - self.offset
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
             if self.best is None or t.value > self.best[0]:
                 self.best = (t.value, t.number)

@@ -5,6 +5,7 @@ Everything else receives an ``optuna.Study``, never a URL string.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpsearch.config import NamedOptions, StudyConfig
@@ -39,8 +41,12 @@ def mask_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url``; a bad URL or an unreachable database is a StorageError."""
+def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage for ``url``; a bad URL or an unreachable database is a StorageError.
+
+    With ``heartbeat`` (seconds), a running trial writes a heartbeat that often; one silent for
+    three intervals is marked failed and retried (up to twice) by the next worker that claims.
+    """
     shown = mask_url(url)
     try:
         parsed = make_url(url)
@@ -63,7 +69,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 10}
         )
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        beat: dict[str, Any] = {}
+        if heartbeat:
+            beat = {
+                "heartbeat_interval": heartbeat,
+                "grace_period": 3 * heartbeat,
+                "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2),
+            }
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         reason = (
             str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -136,7 +149,12 @@ def _construct(cls: Callable[..., T], named: NamedOptions, defaults: Mapping[str
 
 
 def open_study(
-    cfg: StudyConfig, storage: optuna.storages.BaseStorage, study_name: str, *, create: bool = True
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    create: bool = True,
+    seed_offset: int = 0,
 ) -> optuna.Study:
     """Load the study, creating it (and enqueuing the seed baseline) when ``create`` and new."""
     names = {
@@ -154,7 +172,7 @@ def open_study(
         storage=storage,
         study_name=study_name,
         direction="maximize",
-        sampler=make_sampler(cfg, n_existing),
+        sampler=make_sampler(cfg, n_existing + seed_offset),
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
@@ -170,11 +188,28 @@ def open_study(
     return study
 
 
-def grid_done(study: optuna.Study) -> int:
-    """How many distinct grid points already have a finished trial."""
-    done = {
-        t.system_attrs["grid_id"]
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and "grid_id" in t.system_attrs
-    }
-    return len(done)
+def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
+    """For the grid sampler: "open" (points left to claim), "wait" (only running points left)
+    or "exhausted" (every point finished, or nothing left that Optuna would not repeat)."""
+    names = sorted(cfg.search.grid)
+    points = set(itertools.product(*(cfg.search.grid[n] for n in names)))
+
+    def check(study: optuna.Study) -> str:
+        done: set[tuple[Any, ...]] = set()
+        running = False
+        visited: set[int] = set()  # GridSampler's view: ids with a finished or running trial
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.WAITING:
+                return "open"  # a retry or an enqueued trial is ready to run
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done.add(tuple(t.params.get(n) for n in names))
+            running = running or t.state == TrialState.RUNNING
+            if "grid_id" in t.system_attrs:
+                visited.add(t.system_attrs["grid_id"])
+        if points <= done:
+            return "exhausted"
+        if len(visited) >= len(points):
+            return "wait" if running else "exhausted"
+        return "open"
+
+    return check

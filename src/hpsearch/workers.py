@@ -1,0 +1,131 @@
+"""Running trials against an exact budget, from one process or many on many hosts.
+
+The study keeps its target (``target_trials``: how many trials must finish, COMPLETE or PRUNED)
+as a user attribute, so every worker on every host sees it. A worker claims a trial under a lock
+that spans the count and Optuna's ``ask`` (a PostgreSQL advisory lock, or a file lock beside an
+SQLite file), so the budget is never overshot (Optuna's MaxTrialsCallback overshoots by up to one
+trial per worker, optuna#3518). A worker that finds the budget covered by running trials waits
+instead of leaving: if one of those dies, its heartbeat goes stale, it is marked failed, retried,
+and the waiting worker runs the retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from hpsearch.errors import StorageError
+
+TARGET_ATTR = "target_trials"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class Lock(Protocol):
+    def acquire(self) -> object: ...
+    def release(self) -> None: ...
+
+
+class PgAdvisoryLock:
+    """A PostgreSQL session advisory lock: released by the server if the worker dies."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, name: str) -> None:
+        self.engine = storage.engine
+        digest = hashlib.sha256(f"hpsearch-claim:{name}".encode()).digest()
+        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self.conn: Any = None
+
+    def acquire(self) -> object:
+        self.conn = self.engine.connect()
+        self.conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        return self
+
+    def release(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            finally:
+                self.conn.close()
+                self.conn = None
+
+
+def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
+    """The lock that makes "count, then ask" atomic across workers of this storage."""
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return threading.Lock()
+    url = make_url(storage.url)
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return PgAdvisoryLock(storage, study_name)
+    if backend == "sqlite" and url.database and url.database != ":memory:":
+        return FileLock(f"{url.database}.claims.lock")
+    if backend == "sqlite":
+        return threading.Lock()
+    raise StorageError(f"{backend} storage is not supported for an exact budget; use postgresql")
+
+
+def target(study: optuna.Study) -> int | None:
+    value = study.user_attrs.get(TARGET_ATTR)
+    return int(value) if value is not None else None
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
+
+
+def run_until_budget(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    lock: Lock,
+    *,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    catch: tuple[type[Exception], ...] = (),
+    poll_seconds: float = 5.0,
+    grid_check: GridCheck | None = None,
+) -> str:
+    """Run trials until the study's target of finished trials is reached.
+
+    Returns why it stopped: ``"budget"`` or ``"grid exhausted"``.
+    """
+    while True:
+        lock.acquire()
+        held = True
+        try:
+            goal = target(study)
+            if goal is None:
+                raise StorageError(
+                    f"study {study.study_name!r} has no trial budget; start it with hpsearch run"
+                )
+            optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
+            counted = study.get_trials(deepcopy=False, states=COUNTED)
+            finished = sum(t.state != TrialState.RUNNING for t in counted)
+            if finished >= goal:
+                return "budget"
+            grid = grid_check(study) if grid_check is not None else "open"
+            if grid == "exhausted":
+                return "grid exhausted"
+            if len(counted) < goal and grid == "open":
+
+                def claimed(trial: optuna.Trial) -> float:
+                    nonlocal held
+                    lock.release()  # the trial is RUNNING now: it counts, others may claim
+                    held = False
+                    return objective(trial)
+
+                study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
+                continue
+        finally:
+            if held:
+                lock.release()
+        time.sleep(poll_seconds)  # running trials cover the budget (or the grid): wait on them
