@@ -70,3 +70,25 @@ def hpsearch(
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
+
+
+PG_ADMIN = os.environ.get("HPSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"hpsearch_test_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

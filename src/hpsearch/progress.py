@@ -28,6 +28,7 @@ class Progress:
         return "best -" if self.best is None else f"best {self.best[0]:.4f} (trial {self.best[1]})"
 
     def seed_best(self, study: optuna.Study) -> None:
+        """Take the best trial from the study (all workers), not only from this process."""
         try:
             t = study.best_trial
         except ValueError:
@@ -46,9 +47,8 @@ class Progress:
         # study-wide, so that several workers show the same count
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         self.done = len(finished) - self.offset
+        self.seed_best(study)
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
-            if self.best is None or t.value > self.best[0]:
-                self.best = (t.value, t.number)
             what = f"finished: val_acc {t.value:.4f}"
         elif t.state == optuna.trial.TrialState.PRUNED:
             what = f"pruned ({t.user_attrs.get('pruned_reason', 'by the pruner')})"

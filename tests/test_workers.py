@@ -1,0 +1,176 @@
+"""Several real worker processes against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import hpsearch
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.trials]
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states(study))
+
+
+def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_three_workers_run_exactly_eight_overlapping_trials(workdir: Path, pg_url: str) -> None:
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "8",
+            "--workers",
+            "3",
+            "--storage",
+            pg_url,
+            "--set",
+            "train.epochs=3",
+            *TINY,
+        ],
+        workdir,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {f"[w{i}] started pid" in r.stdout for i in range(3)} == {True}
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    assert finished(study) == 8 and len(study.trials) == 8  # exact: no extra trial at all
+    assert TrialState.RUNNING not in states(study)
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
+    overlaps = sum(
+        1 for i, a in enumerate(spans) for b in spans[i + 1 :] if a[0] < b[1] and b[0] < a[1]
+    )
+    assert overlaps >= 2
+    workers = {
+        line.split("]")[0]
+        for line in r.stdout.splitlines()
+        if "finished:" in line or "pruned" in line
+    }
+    assert len(workers) >= 2  # more than one process ran trials
+
+
+def test_sigkill_of_a_worker_mid_trial_keeps_the_count_exact(workdir: Path, pg_url: str) -> None:
+    proc = popen(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "6",
+            "--workers",
+            "2",
+            "--study-name",
+            "killed",
+            "--storage",
+            pg_url,
+            "--heartbeat",
+            "1",
+            "--set",
+            "train.epochs=5",
+            "--set",
+            "search.pruner=none",
+            *TINY,
+        ],
+        workdir,
+    )
+    assert proc.stdout is not None
+    pids: dict[str, int] = {}
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.match(r"\[(w\d)\] started pid (\d+)", line)
+        if m:
+            pids[m[1]] = int(m[2])
+        if line.startswith("[w1]") and "epoch 2/5" in line:
+            os.kill(pids["w1"], signal.SIGKILL)  # mid-trial, no chance to clean up
+            break
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert "[w1] ended with signal 9" in out
+    assert proc.returncode == 0, out
+    study = optuna.load_study(study_name="killed", storage=pg_url)
+    assert finished(study) == 6
+    assert TrialState.RUNNING not in states(study)
+    assert states(study).count(TrialState.FAIL) == 1
+    retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+
+
+def test_a_second_worker_joins_and_respects_the_budget(workdir: Path, pg_url: str) -> None:
+    args = ["--study", "smoke", "--storage", pg_url, "--set", "train.epochs=3", *TINY]
+    early = hpsearch(["worker", *args], workdir)
+    assert early.returncode != 0 and "no study named 'smoke'" in early.stdout + early.stderr
+    run = popen(["run", "--trials", "8", *args], workdir)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if optuna.load_study(study_name="smoke", storage=pg_url).user_attrs.get(
+                "target_trials"
+            ):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    joined = popen(["worker", *args], workdir)
+    out_joined, _ = joined.communicate(timeout=300)
+    out_run, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out_run
+    assert joined.returncode == 0, out_joined
+    assert "worker joined study 'smoke'" in out_joined
+    assert "finished:" in out_joined or "pruned" in out_joined  # it ran trials
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    assert finished(study) == 8 and len(study.trials) == 8
+
+
+def test_grid_with_several_workers_runs_each_point_once(workdir: Path, pg_url: str) -> None:
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "10",
+            "--workers",
+            "3",
+            "--sampler",
+            "grid",
+            "--storage",
+            pg_url,
+            "--set",
+            "train.epochs=1",
+            *TINY,
+        ],
+        workdir,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    points = [(t.params["lr"], t.params["kernel_size"]) for t in study.trials]
+    assert sorted(points) == sorted({(lr, k) for lr in (1e-3, 3e-3) for k in (3, 5)})
+    assert "the grid is exhausted" in r.stdout
