@@ -174,3 +174,25 @@ def test_grid_with_several_workers_runs_each_point_once(workdir: Path, pg_url: s
     points = [(t.params["lr"], t.params["kernel_size"]) for t in study.trials]
     assert sorted(points) == sorted({(lr, k) for lr in (1e-3, 3e-3) for k in (3, 5)})
     assert "the grid is exhausted" in r.stdout
+
+
+def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "9",
+            "--workers",
+            "3",
+            "--set",
+            "train.epochs=1",
+            *TINY,
+        ],
+        workdir,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{workdir / 'hpsearch.db'}")
+    assert finished(study) == 9 and len(study.trials) == 9
+    assert TrialState.RUNNING not in states(study)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -74,6 +75,7 @@ def make_objective(
         "versions": versions(),
         "config": cfg.to_dict(),
         "command": " ".join(sys.argv[1:])[:500],
+        "worker": f"{platform.node()}:{os.getpid()}",
     }
 
     def objective(trial: optuna.Trial) -> float:

@@ -81,6 +81,24 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def count_states(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials, read from the database itself, not Optuna's trial cache:
+    the cache can miss a trial another process just created, and the budget must not."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        trials = study.get_trials(deepcopy=False, states=COUNTED)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return len(trials) - running, running
+    with backend.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"),
+            {"s": study._study_id},
+        ).all()
+    by_state = {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
+    return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
+
+
 GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
 
 
@@ -108,14 +126,13 @@ def run_until_budget(
                     f"study {study.study_name!r} has no trial budget; start it with hpsearch run"
                 )
             optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
-            counted = study.get_trials(deepcopy=False, states=COUNTED)
-            finished = sum(t.state != TrialState.RUNNING for t in counted)
+            finished, running = count_states(study)
             if finished >= goal:
                 return "budget"
             grid = grid_check(study) if grid_check is not None else "open"
             if grid == "exhausted":
                 return "grid exhausted"
-            if len(counted) < goal and grid == "open":
+            if finished + running < goal and grid == "open":
 
                 def claimed(trial: optuna.Trial) -> float:
                     nonlocal held
