@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _study_args(worker)
     _worker_args(worker)
+    worker.add_argument(
+        "--wait",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for the study and its budget to appear (for containers started "
+        "before hpsearch run)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser(
@@ -229,10 +238,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.study_name or cfg.name
     wid = os.environ.get("HPSEARCH_WORKER_ID", "")
     seed_offset = 7919 * (int(wid) + 1) if wid.isdigit() else os.getpid()
-    study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
-    goal = target(study)
-    if goal is None:
-        raise StorageError(f"study {name!r} has no trial budget; start it with hpsearch run")
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
+            goal = target(study)
+            if goal is None:
+                raise StorageError(
+                    f"study {name!r} has no trial budget; start it with hpsearch run"
+                )
+            break
+        except StorageError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2)
     device = _device(cfg)
     data = load_data(cfg.data, device)
     print(

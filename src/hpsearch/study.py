@@ -74,7 +74,9 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             beat = {
                 "heartbeat_interval": heartbeat,
                 "grace_period": 3 * heartbeat,
-                "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2),
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=2
+                ),
             }
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
