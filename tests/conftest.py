@@ -67,6 +67,18 @@ def hpsearch(
     )
 
 
+def popen(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start the real CLI in the background, stdout and stderr merged, unbuffered."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"},
+    )
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path

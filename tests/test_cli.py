@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import hpsearch
+from conftest import hpsearch, popen
 
 pytestmark = pytest.mark.slow
 
@@ -282,20 +281,13 @@ def test_signal_mid_trial_leaves_nothing_running_and_resumes(
     workdir: Path, sig: signal.Signals, code: int
 ) -> None:
     args = ["run", "--study", "smoke", "--trials", "5", "--set", "train.epochs=40", *TINY]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch.cli", *args],
-        cwd=workdir,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    proc = popen(args, workdir)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "epoch 2/40" in line:  # mid-trial
             break
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=10)
+    err, _ = proc.communicate(timeout=10)
     assert proc.returncode == code
     assert "Traceback" not in err and "run the same command again to resume" in err
     study = load(workdir)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import hpsearch
+from conftest import hpsearch, popen
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +25,6 @@ def states(study: optuna.Study) -> list[TrialState]:
 
 def finished(study: optuna.Study) -> int:
     return sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states(study))
-
-
-def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpsearch.cli", *args],
-        cwd=cwd,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def test_three_workers_run_exactly_eight_overlapping_trials(workdir: Path, pg_url: str) -> None:

@@ -197,10 +197,12 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
     points = set(itertools.product(*(cfg.search.grid[n] for n in names)))
 
     def check(study: optuna.Study) -> str:
+        from hpsearch.workers import fresh_trials
+
         done: set[tuple[Any, ...]] = set()
         running = False
         visited: set[int] = set()  # GridSampler's view: ids with a finished or running trial
-        for t in study.get_trials(deepcopy=False):
+        for t in fresh_trials(study):
             if t.state == TrialState.WAITING:
                 return "open"  # a retry or an enqueued trial is ready to run
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):

@@ -81,6 +81,14 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def fresh_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """All trials as the database has them now, bypassing Optuna's in-process trial cache (which
+    can miss a trial another process has just created)."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    trials: list[optuna.trial.FrozenTrial] = backend.get_all_trials(study._study_id, deepcopy=False)
+    return trials
+
+
 def count_states(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials, read from the database itself, not Optuna's trial cache:
     the cache can miss a trial another process just created, and the budget must not."""
