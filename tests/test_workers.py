@@ -183,3 +183,25 @@ def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{workdir / 'hpsearch.db'}")
     assert finished(study) == 9 and len(study.trials) == 9
     assert TrialState.RUNNING not in states(study)
+
+
+def test_claim_lock_excludes_other_processes(workdir: Path, pg_url: str) -> None:
+    import psycopg
+    from filelock import FileLock
+
+    from hpsearch.study import open_storage
+    from hpsearch.workers import PgAdvisoryLock, claim_lock
+
+    lite = optuna.create_study(storage=open_storage(f"sqlite:///{workdir / 'l.db'}"))
+    assert isinstance(claim_lock(lite._storage, lite.study_name), FileLock)
+    study = optuna.create_study(storage=open_storage(pg_url), study_name="locked")
+    lock = claim_lock(study._storage, "locked")  # the study's storage is Optuna's cache wrapper
+    assert isinstance(lock, PgAdvisoryLock)
+    admin = pg_url.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as other:
+        probe = "SELECT pg_try_advisory_lock(%s)"
+        lock.acquire()
+        assert other.execute(probe, (lock.key,)).fetchone() == (False,)
+        lock.release()
+        assert other.execute(probe, (lock.key,)).fetchone() == (True,)
+        other.execute("SELECT pg_advisory_unlock(%s)", (lock.key,))

@@ -59,8 +59,11 @@ class PgAdvisoryLock:
 
 def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
     """The lock that makes "count, then ask" atomic across workers of this storage."""
+    storage = getattr(storage, "_backend", storage)  # a study wraps RDBStorage in a cache layer
+    if isinstance(storage, optuna.storages.InMemoryStorage):
+        return threading.Lock()  # one process
     if not isinstance(storage, optuna.storages.RDBStorage):
-        return threading.Lock()
+        raise StorageError(f"{type(storage).__name__} is not supported for an exact budget")
     url = make_url(storage.url)
     backend = url.get_backend_name()
     if backend == "postgresql":
@@ -82,16 +85,14 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def fresh_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """All trials as the database has them now, bypassing Optuna's in-process trial cache (which
-    can miss a trial another process has just created)."""
+    """All trials as the database has them now, bypassing Optuna's in-process trial cache."""
     backend = getattr(study._storage, "_backend", study._storage)
     trials: list[optuna.trial.FrozenTrial] = backend.get_all_trials(study._study_id, deepcopy=False)
     return trials
 
 
 def count_states(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials, read from the database itself, not Optuna's trial cache:
-    the cache can miss a trial another process just created, and the budget must not."""
+    """(finished, running) trials, counted by the database in one query."""
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     if not isinstance(backend, optuna.storages.RDBStorage):
