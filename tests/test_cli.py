@@ -243,6 +243,8 @@ def test_study_name_and_storage_flags(
         ),
         (["run", "--study", "smoke"], "the following arguments are required: --trials"),
         (["train", "--study", "smoke", "--trial", "best"], "no study named 'smoke'"),
+        (["train", "--study", "smoke", "--trial", "abc"], "--trial: expected baseline, best"),
+        (["run", "--study", "smoke", "--trials", "1", "--heartbeat", "0"], "must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(workdir: Path, args: list[str], needle: str) -> None:
@@ -251,6 +253,8 @@ def test_bad_input_is_one_line(workdir: Path, args: list[str], needle: str) -> N
     assert needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+    if "abc" in args:
+        assert not (workdir / "hpsearch.db").exists()  # rejected before touching storage
 
 
 def test_misspelt_key_in_a_study_file(workdir: Path) -> None:

@@ -61,10 +61,21 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a bad one is a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat",
-        type=int,
+        type=_positive_int,
         default=10,
         metavar="SECONDS",
         help="trial heartbeat interval; a trial silent for 3 intervals is failed and retried",
@@ -351,6 +362,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hpsearch.train import fit
 
     label = str(args.trial)
+    if label not in ("baseline", "best") and not label.isdigit():
+        raise ConfigError(f"--trial: expected baseline, best or a trial number, got {label!r}")
     if label == "baseline":
         rec = Recorder(baseline_value)
         values = sample_values(cfg.search, rec)
@@ -413,8 +426,6 @@ def _stored_trial(
             return study.best_trial
         except ValueError:
             raise StorageError(f"study {study.study_name!r} has no completed trial yet") from None
-    if not label.isdigit():
-        raise ConfigError(f"--trial: expected baseline, best or a trial number, got {label!r}")
     for t in study.get_trials(deepcopy=False):
         if t.number == int(label):
             return t

@@ -19,8 +19,10 @@ import yaml
 
 from hpsearch.errors import ConfigError
 from hpsearch.space import (
+    BASELINE,
     FAMILIES,
     Choice,
+    Fixed,
     FloatRange,
     IntRange,
     ParamSpec,
@@ -371,8 +373,6 @@ def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
 
 
 def _param_spec(fam: str, raw: Any, key: str) -> ParamSpec:
-    from hpsearch.space import Fixed
-
     kind = FAMILIES[fam].kind
 
     def value(v: Any, where: str) -> Scalar:
@@ -423,8 +423,6 @@ def _param_spec(fam: str, raw: Any, key: str) -> ParamSpec:
 
 
 def _check_blocks(space: Mapping[str, ParamSpec], image_size: int) -> None:
-    from hpsearch.space import BASELINE, Fixed
-
     spec = space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
     most = {
         Fixed: lambda s: s.value,
@@ -440,8 +438,6 @@ def _check_blocks(space: Mapping[str, ParamSpec], image_size: int) -> None:
 
 
 def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, tuple[Scalar, ...]]:
-    from hpsearch.space import Fixed
-
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
