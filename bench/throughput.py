@@ -1,9 +1,23 @@
 """Training throughput of the seed CNN: the seed's pipeline vs a tuned DataLoader vs the engine.
 
-Runs in one process, one after the other, with the same model, batch size and number of optimizer
-steps, and prints images per second with ratios to the seed pipeline (machines are noisy: compare
-ratios, not absolute figures). Also prints the engine's cache build time and the memory its
-tensors hold, and a no-pipeline bound (training on one fixed batch).
+Every row trains the seed baseline CNN (GUIDE section 1) with batch 32 for the same number of
+optimizer steps, after the same warm-up, each in a fresh Python process so that no row inherits
+another's threads, caches or allocator state:
+
+- seed pipeline: the seed's code as written: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/
+  Normalize, a DataLoader with no workers, the model in the default (NCHW) memory format;
+- tuned DataLoader: the same with workers = cores, pinned memory, persistent workers;
+- hpsearch engine: ``hpsearch.train.fit`` itself (decoded cache, batched augmentation,
+  channels_last, host tuning, one sync per epoch);
+- tuned DataLoader + engine's model settings: the tuned loader feeding the model as the engine
+  runs it (channels_last, fused optimizer, host tuning), to separate the input pipeline's share
+  of the speed-up from the model's;
+- bounds: the same model trained on one fixed in-memory batch, no input pipeline at all, as the
+  seed wrote it and as the engine runs it.
+
+It prints images per second with ratios to the seed pipeline and to the tuned DataLoader (machines
+are noisy: compare ratios within one run), the engine's cache build time and the memory its tensors
+hold.
 
     python bench/throughput.py --data ../shared/data/catdog --image-size 64 --steps 150
 """
@@ -11,12 +25,16 @@ tensors hold, and a no-pipeline bound (training on one fixed batch).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +42,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from hpsearch.config import DataConfig
-from hpsearch.data import DeviceData, load_data
+from hpsearch.data import load_data
 from hpsearch.model import build_model
+from hpsearch.runtime import tune_host
 from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
 from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD, fit, make_optimizer, resolve_device
 
@@ -33,10 +52,66 @@ SEED_ARCH = ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512)
 SEED_OPTIM = OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9)
 BATCH = 32
 WARMUP = 5
+ROWS = {
+    "seed": "seed pipeline as written (0 workers)",
+    "tuned": "tuned DataLoader ({workers} workers)",
+    "tuned_fast": "tuned DataLoader + engine's model settings",
+    "engine": "hpsearch engine",
+    "bound_nchw": "bound: fixed batch, NCHW",
+    "bound_engine": "bound: fixed batch, engine's model settings",
+}
 
 
-def loader_rate(root: Path, size: int, steps: int, device: torch.device, workers: int) -> float:
-    """Images/s training the seed CNN from an ImageFolder DataLoader with PIL transforms."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _train_steps(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    size: int,
+    steps: int,
+    device: torch.device,
+    engine_setup: bool,
+) -> float:
+    """Images/s of ``steps`` optimizer steps of the seed CNN after ``WARMUP`` untimed ones.
+
+    Without ``engine_setup`` the model runs as the seed wrote it (NCHW, ``torch.optim.Adam``
+    defaults); with it, as the engine runs it (channels_last, fused optimizer, host tuning).
+    """
+    fmt = torch.channels_last if engine_setup else torch.contiguous_format
+    model = build_model(SEED_ARCH, 2, size).to(device).to(memory_format=fmt)
+    opt: torch.optim.Optimizer
+    if engine_setup:
+        tune_host()
+        opt = make_optimizer(list(model.parameters()), SEED_OPTIM, device)
+    else:
+        opt = torch.optim.Adam(
+            model.parameters(), lr=SEED_OPTIM.lr, weight_decay=SEED_OPTIM.weight_decay
+        )
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t0 = 0.0
+    for i in range(WARMUP + steps):
+        if i == WARMUP:
+            _sync(device)
+            t0 = time.perf_counter()
+        x, y = next(batches)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        y = y.to(device, non_blocking=True)
+        with amp:
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    loss.item()
+    _sync(device)
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def loader_rate(
+    root: Path, size: int, steps: int, device: torch.device, workers: int, engine_setup: bool
+) -> float:
+    """The seed's pipeline: ImageFolder + PIL transforms + DataLoader."""
     tf = transforms.Compose(
         [
             transforms.RandomResizedCrop(size, scale=(0.35, 1.0)),
@@ -56,41 +131,44 @@ def loader_rate(root: Path, size: int, steps: int, device: torch.device, workers
         persistent_workers=tuned,
         drop_last=True,
     )
-    model = build_model(SEED_ARCH, 2, size).to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer(list(model.parameters()), SEED_OPTIM, device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
             yield from dl
 
-    it = batches()
-    t0 = 0.0
-    for i in range(WARMUP + steps):
-        if i == WARMUP:
-            _sync(device)
-            t0 = time.perf_counter()
-        x, y = next(it)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with amp:
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    loss.item()
-    _sync(device)
-    return steps * BATCH / (time.perf_counter() - t0)
+    return _train_steps(batches(), size, steps, device, engine_setup)
 
 
-def engine_rate(data: DeviceData, steps: int) -> float:
-    """Images/s of ``fit`` itself over exactly ``steps`` optimizer steps (after a warm-up)."""
+def bound_rate(size: int, steps: int, device: torch.device, engine_setup: bool) -> float:
+    """Training on one fixed batch: what the model alone costs."""
+    x = torch.randn(BATCH, 3, size, size, device=device)
+    y = torch.randint(0, 2, (BATCH,), device=device)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield x, y
+
+    return _train_steps(batches(), size, steps, device, engine_setup)
+
+
+def engine_rate(root: Path, size: int, steps: int, device: torch.device) -> dict[str, Any]:
+    """``fit`` itself over exactly ``steps`` optimizer steps (after a warm-up), cold cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["HPSEARCH_CACHE"] = cache
+        t = time.perf_counter()
+        data = load_data(DataConfig(root, size, None, None), device)
+        build = time.perf_counter() - t
+    held = sum(
+        t.numel() * t.element_size()
+        for t in (data.train_images, data.train_labels, data.val_images, data.val_labels)
+    )
     n = steps * BATCH
-    idx = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))[:n]
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.train_labels), generator=gen)[:n].to(device)
     sub = replace(
         data,
-        train_images=data.train_images[idx.to(data.device)],
-        train_labels=data.train_labels[idx.to(data.device)],
+        train_images=data.train_images[idx],
+        train_labels=data.train_labels[idx],
         val_images=data.val_images[:BATCH],
         val_labels=data.val_labels[:BATCH],
     )
@@ -100,35 +178,28 @@ def engine_rate(data: DeviceData, steps: int) -> float:
         train_images=sub.train_images[: WARMUP * BATCH],
         train_labels=sub.train_labels[: WARMUP * BATCH],
     )
-    fit(spec, warm)  # like the other pipelines, time no warm-up steps
-    return fit(spec, sub).train_images_per_s
+    fit(spec, warm)  # like the other rows, time no warm-up steps
+    rate = fit(spec, sub).train_images_per_s
+    return {
+        "rate": rate,
+        "build_s": build,
+        "images": len(data.train_labels) + len(data.val_labels),
+        "held_mib": held / 2**20,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0,
+    }
 
 
-def bound_rate(size: int, steps: int, device: torch.device) -> float:
-    """Images/s training on one fixed batch: no input pipeline at all."""
-    model = build_model(SEED_ARCH, 2, size).to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer(list(model.parameters()), SEED_OPTIM, device)
-    x = torch.randn(BATCH, 3, size, size, device=device).contiguous(
-        memory_format=torch.channels_last
-    )
-    y = torch.randint(0, 2, (BATCH,), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for i in range(WARMUP + steps):
-        if i == WARMUP:
-            _sync(device)
-            t0 = time.perf_counter()
-        with amp:
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    _sync(device)
-    return steps * BATCH / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    root = args.data.resolve()
+    if row == "seed":
+        return {"rate": loader_rate(root, args.image_size, args.steps, device, 0, False)}
+    if row in ("tuned", "tuned_fast"):
+        fast = row == "tuned_fast"
+        return {"rate": loader_rate(root, args.image_size, args.steps, device, args.workers, fast)}
+    if row == "engine":
+        return engine_rate(root, args.image_size, args.steps, device)
+    return {"rate": bound_rate(args.image_size, args.steps, device, row == "bound_engine")}
 
 
 def main() -> None:
@@ -139,55 +210,57 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("HPSEARCH_DATA", "data/catdog"))
     )
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=150, help="timed optimizer steps per pipeline")
+    p.add_argument("--steps", type=int, default=150, help="timed optimizer steps per row")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
-        help="DataLoader workers for the tuned pipeline",
+        help="DataLoader workers for the tuned pipeline (default: cores)",
     )
+    p.add_argument(
+        "--rows", default=",".join(ROWS), help="comma-separated subset of " + str(list(ROWS))
+    )
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = p.parse_args()
-    device = resolve_device(args.device)
-    root = args.data.resolve()
-    print(
-        f"seed CNN, batch {BATCH}, {args.image_size}px, {args.steps} steps, device {device}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    if args.row:
+        print(json.dumps(run_row(args.row, args)))
+        return
 
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["HPSEARCH_CACHE"] = cache
-        t = time.perf_counter()
-        data = load_data(DataConfig(root, args.image_size, None, None), device)
-        build = time.perf_counter() - t
-        held = sum(
-            t.numel() * t.element_size()
-            for t in (data.train_images, data.train_labels, data.val_images, data.val_labels)
-        )
+    device = resolve_device(args.device)
+    print(
+        f"seed CNN, batch {BATCH}, {args.image_size}px, {args.steps} steps after {WARMUP} warm-up, "
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for row in args.rows.split(","):
+        if row not in ROWS:
+            sys.exit(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--row", row]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results[row] = json.loads(out.strip().splitlines()[-1])
         print(
-            f"engine cache: {len(data.train_labels) + len(data.val_labels)} images decoded and "
-            f"loaded in {build:.1f}s, holding {held / 2**20:.0f} MiB on {device}"
+            f"  {ROWS[row].format(workers=args.workers)}: {results[row]['rate']:.1f} img/s",
+            flush=True,
         )
-        rows = [
-            (
-                "seed pipeline (DataLoader, 0 workers)",
-                loader_rate(root, args.image_size, args.steps, device, 0),
-            ),
-            (
-                f"tuned DataLoader ({args.workers} workers)",
-                loader_rate(root, args.image_size, args.steps, device, args.workers),
-            ),
-            ("hpsearch engine", engine_rate(data, args.steps)),
-            (
-                "bound: one fixed batch, no pipeline",
-                bound_rate(args.image_size, args.steps, device),
-            ),
-        ]
-    base = rows[0][1]
-    tuned = rows[1][1]
+
+    if "engine" in results:
+        e = results["engine"]
+        held = f"holding {e['held_mib']:.0f} MiB on {device}"
+        if device.type == "cuda":
+            held += f" (peak {e['peak_cuda_mib']:.0f} MiB allocated while training)"
+        print(f"engine cache: {e['images']} images decoded in {e['build_s']:.1f}s, {held}")
+    base = results.get("seed", {}).get("rate")
+    tuned = results.get("tuned", {}).get("rate")
     print(f"{'pipeline':42s} {'img/s':>9s} {'x seed':>8s} {'x tuned':>8s}")
-    for name, rate in rows:
-        print(f"{name:42s} {rate:9.1f} {rate / base:8.2f} {rate / tuned:8.2f}")
+    for row, r in results.items():
+        rate = r["rate"]
+        xs = f"{rate / base:8.2f}" if base else f"{'-':>8s}"
+        xt = f"{rate / tuned:8.2f}" if tuned else f"{'-':>8s}"
+        print(f"{ROWS[row].format(workers=args.workers):42s} {rate:9.1f} {xs} {xt}")
+    if "engine" in results and "bound_engine" in results:
+        share = results["engine"]["rate"] / results["bound_engine"]["rate"]
+        print(f"engine reaches {share:.0%} of its no-pipeline bound")
 
 
 if __name__ == "__main__":

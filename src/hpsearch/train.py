@@ -21,6 +21,7 @@ from torch import nn
 
 from hpsearch.data import DeviceData
 from hpsearch.model import build_model, count_params
+from hpsearch.runtime import tune_host
 from hpsearch.spec import OptimSpec, TrialSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,7 +124,10 @@ def random_resized_crop(
 def make_optimizer(
     params: list[nn.Parameter], o: OptimSpec, device: torch.device
 ) -> torch.optim.Optimizer:
-    fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    # Fused kernels exist on CUDA and, since torch 2.4, on the CPU: one pass over each parameter
+    # instead of one per arithmetic op. On the CPU the seed CNN's Adam step (4.3M parameters)
+    # was ~2.5x faster fused than with the default for-each implementation. RMSprop has none.
+    fused: dict[str, Any] = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if o.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused
@@ -182,6 +186,7 @@ def fit(
         NonFiniteLoss: the training loss of an epoch was NaN or infinite.
     """
     dev = data.device
+    tune_host()
     torch.manual_seed(spec.seed)
     gen = torch.Generator(device=dev)
     gen.manual_seed(spec.seed)
