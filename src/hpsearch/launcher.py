@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hpsearch.errors import ConfigError
@@ -27,11 +27,18 @@ class Slot:
     threads: int  # torch intra-op threads
 
 
-def plan_slots(workers: int | None, gpus: str | None, per_gpu: int | None) -> list[Slot]:
+def plan_slots(
+    workers: int | None,
+    gpus: str | None,
+    per_gpu: int | None,
+    auto_per_gpu: Callable[[str], int] | None = None,
+) -> list[Slot]:
     """Where each worker runs.
 
-    With GPUs (``--gpus``, default all visible): ``per_gpu`` workers on each (default 1), or
-    ``workers`` spread round-robin. Without GPUs: ``workers`` processes sharing the cores.
+    With GPUs (``--gpus``, default all visible): ``per_gpu`` workers on each, or ``workers``
+    spread round-robin. Without either, ``auto_per_gpu(first GPU)`` decides (default 1; the CLI
+    passes the measured rule of :mod:`hpsearch.gpu_plan`). Without GPUs: ``workers`` processes
+    sharing the cores.
     """
     import torch
 
@@ -49,6 +56,8 @@ def plan_slots(workers: int | None, gpus: str | None, per_gpu: int | None) -> li
         ids = [str(i) for i in range(torch.cuda.device_count())]
     cores = os.cpu_count() or 1
     if ids:
+        if workers is None and per_gpu is None:
+            per_gpu = auto_per_gpu(ids[0]) if auto_per_gpu is not None else 1
         n = workers or (per_gpu or 1) * len(ids)
         threads = max(1, cores // n)
         return [Slot(i, ids[i % len(ids)], threads) for i in range(n)]

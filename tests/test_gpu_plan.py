@@ -1,0 +1,84 @@
+"""The --trials-per-gpu rule: the arithmetic, the probed trial, and the launcher's use of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpsearch.config import Override, load_study
+from hpsearch.errors import HpsearchError
+from hpsearch.gpu_plan import MAX_PER_GPU, Probe, largest_specs, probe, trials_per_gpu
+from hpsearch.launcher import plan_slots
+from hpsearch.model import param_count
+
+GIB = 2**30
+
+
+def test_memory_limits_workers_per_gpu() -> None:
+    # 80 GiB card, 6 + 1 + 0.5 GiB per worker: 0.9 * 80 / 7.5 = 9.6 -> 9, but one trial keeps
+    # the card 40% busy -> ceil(1 / 0.4) = 3.
+    k, why = trials_per_gpu(Probe(80 * GIB, 6 * GIB, 1 * GIB, GIB // 2, 0.4))
+    assert k == 3
+    assert "9 fit" in why and "3 fill it" in why
+    # Memory binds: 20 GiB per worker on an 80 GiB card with an idle-ish GPU.
+    k, _ = trials_per_gpu(Probe(80 * GIB, 19 * GIB, 1 * GIB, 0, 0.05))
+    assert k == 3
+
+
+def test_rule_stays_between_one_and_the_cap() -> None:
+    assert trials_per_gpu(Probe(80 * GIB, 100 * GIB, GIB, GIB, 0.01))[0] == 1  # does not fit
+    assert trials_per_gpu(Probe(80 * GIB, GIB // 64, 0, 0, 0.001))[0] == MAX_PER_GPU
+    assert trials_per_gpu(Probe(80 * GIB, GIB, GIB, GIB, 1.0))[0] == 1  # one trial saturates
+
+
+def test_largest_specs_take_the_biggest_values_of_the_space() -> None:
+    cfg = load_study("catdog")
+    specs = largest_specs(cfg)
+    assert [len(s.arch.channels) for s in specs] == [3, 5]  # n_blocks low and high
+    for s in specs:
+        assert set(s.arch.channels) == {256}
+        assert set(s.arch.kernel_sizes) == {7}
+        assert s.arch.dense_units == 1024
+        assert s.batch_size == 256
+        assert s.optim.optimizer in ("adam", "adamw", "rmsprop")  # two state buffers
+        assert s.arch.batch_norm and s.arch.residual
+    # Fewer blocks flatten a larger map into the dense layer: by far the most parameters here.
+    sizes = [param_count(s.arch, 2, cfg.data.image_size) for s in specs]
+    assert sizes[0] > sizes[1]
+
+
+def test_largest_specs_respect_fixed_values() -> None:
+    cfg = load_study(
+        "smoke",
+        [
+            Override("search.space.batch_size", 64, "--set"),
+            Override("search.space.n_blocks", 2, "--set"),
+        ],
+    )
+    (spec,) = largest_specs(cfg)
+    assert spec.batch_size == 64 and len(spec.arch.channels) == 2
+
+
+def test_probe_without_a_gpu_is_one_line_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the failure path needs one without")
+    with pytest.raises(HpsearchError, match="could not measure a trial on GPU 0: ") as e:
+        probe(["smoke"], "0")
+    assert "\n" not in str(e.value)
+
+
+def test_launcher_uses_the_measured_default_on_each_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked: list[str] = []
+
+    def rule(gpu: str) -> int:
+        asked.append(gpu)
+        return 3
+
+    slots = plan_slots(None, None, None, rule)
+    assert asked == ["0"]
+    assert [s.gpu for s in slots] == ["0", "1"] * 3
+    # An explicit --trials-per-gpu or --workers wins without probing.
+    assert len(plan_slots(None, None, 2, rule)) == 4
+    assert len(plan_slots(5, "1", None, rule)) == 5
+    assert asked == ["0"]
