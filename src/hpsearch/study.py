@@ -10,6 +10,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
+from hpsearch.resilience import ResilientRDBStorage
 from hpsearch.space import baseline_params
 
 T = TypeVar("T")
@@ -31,6 +33,25 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 def storage_url(cli_value: str | None) -> str:
     """``--storage``, else ``$HPSEARCH_STORAGE``, else an SQLite file in the working directory."""
     return cli_value or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
+    """Where checkpoints (Optuna artifacts) live: ``--artifacts``, else ``$HPSEARCH_ARTIFACTS``,
+    else beside an SQLite file (``hpsearch.db`` -> ``hpsearch-artifacts/``), else
+    ``./hpsearch-artifacts`` (PostgreSQL: give every host the same shared directory)."""
+    chosen = cli_value or os.environ.get("HPSEARCH_ARTIFACTS")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            path = Path(db).expanduser().resolve()
+            return path.with_name(f"{path.stem}-artifacts")
+    return Path("hpsearch-artifacts").resolve()
 
 
 def mask_url(url: str) -> str:
@@ -78,7 +99,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                     max_retry=2
                 ),
             }
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         reason = (
             str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -185,6 +206,7 @@ def open_study(
     if not exists:
         study.set_user_attr("study_file", str(cfg.path))
         study.set_user_attr("metric", "val_accuracy")
+        study.set_metric_names(["val_accuracy"])  # the dashboard's axis titles
         if cfg.search.enqueue_baseline and cfg.search.sampler.name != "grid":
             study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
     return study

@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import optuna
+import sqlalchemy.exc
 from filelock import FileLock
 from optuna.trial import TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
+from hpsearch.resilience import ResilientRDBStorage, is_disconnect, retrying
 
 TARGET_ATTR = "target_trials"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -44,14 +46,25 @@ class PgAdvisoryLock:
         self.conn: Any = None
 
     def acquire(self) -> object:
-        self.conn = self.engine.connect()
-        self.conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        def take() -> None:
+            conn = self.engine.connect()
+            try:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
+
+        retrying(take, "the claim lock")
         return self
 
     def release(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            except sqlalchemy.exc.DBAPIError as e:
+                if not is_disconnect(e):
+                    raise  # a dropped session has released its advisory locks already
             finally:
                 self.conn.close()
                 self.conn = None
@@ -99,11 +112,17 @@ def count_states(study: optuna.Study) -> tuple[int, int]:
         trials = study.get_trials(deepcopy=False, states=COUNTED)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         return len(trials) - running, running
-    with backend.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"),
-            {"s": study._study_id},
-        ).all()
+
+    def count() -> list[Any]:
+        with backend.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"),
+                    {"s": study._study_id},
+                ).all()
+            )
+
+    rows = retrying(count, "counting trials")
     by_state = {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
     return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
 
@@ -143,13 +162,26 @@ def run_until_budget(
                 return "grid exhausted"
             if finished + running < goal and grid == "open":
 
-                def claimed(trial: optuna.Trial) -> float:
+                def release() -> None:
                     nonlocal held
-                    lock.release()  # the trial is RUNNING now: it counts, others may claim
-                    held = False
+                    if held:
+                        lock.release()  # the trial is RUNNING now: it counts, others may claim
+                        held = False
+
+                def claimed(trial: optuna.Trial) -> float:
+                    release()
                     return objective(trial)
 
-                study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
+                backend = getattr(study._storage, "_backend", study._storage)
+                if isinstance(backend, ResilientRDBStorage):
+                    # Release as soon as the new trial is committed, before its parameters are
+                    # sampled (a WAITING trial Optuna pops instead is released in ``claimed``).
+                    backend.on_trial_created = release
+                try:
+                    study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
+                finally:
+                    if isinstance(backend, ResilientRDBStorage):
+                        backend.on_trial_created = None
                 continue
         finally:
             if held:

@@ -1,0 +1,156 @@
+"""Riding out a database restart: retry storage calls whose connection dropped, with backoff.
+
+Optuna's RDB storage runs every call in its own transaction: a call that failed because the server
+went away was rolled back and can simply be made again once the server is back (``pool_pre_ping``
+replaces the dead pooled connections). :class:`ResilientRDBStorage` does that for every call a
+worker makes, waiting 0.5, 1, 2, 4, 8, 10, 10... seconds for up to ``RETRY_SECONDS`` in all, then
+gives up with a one-line error. Errors that are not about the connection (a constraint, bad data)
+are raised at once.
+
+One window is not covered: a commit that reached the server but whose reply was lost. Retrying
+``create_new_trial`` then makes a second trial; retrying ``set_trial_state_values`` finds the trial
+already finished, which is treated as success.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+
+from hpsearch.errors import StorageError
+
+RETRY_SECONDS = 120.0
+T = TypeVar("T")
+_log = logging.getLogger("hpsearch")
+
+
+def is_disconnect(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says the database connection is gone."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
+def retrying(
+    call: Callable[[], T], what: str, budget: float = RETRY_SECONDS, sleep: float = 0.5
+) -> T:
+    """``call()``, retried with backoff while it fails for a dropped connection."""
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not is_disconnect(e):
+                raise
+            if time.monotonic() + sleep > deadline:
+                raise StorageError(
+                    f"the database stayed unreachable for {budget:.0f}s during {what}"
+                ) from None
+            attempt += 1
+            if attempt == 1:
+                _log.warning("database connection lost during %s; retrying", what)
+            time.sleep(sleep)
+            sleep = min(sleep * 2, 10.0)
+
+
+_RETRIED = (
+    "create_new_study",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_all_studies",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose calls survive a database restart (see the module docstring).
+
+    ``on_trial_created``, when set, is called once, right after this process's next new trial is
+    committed: the worker loop uses it to release its claim lock before Optuna samples the
+    trial's parameters, so that sampling (TPE reads every trial) runs outside the lock.
+    """
+
+    on_trial_created: Callable[[], None] | None = None
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        # Both ``create_new_trial`` and Optuna's cache layer create trials through this method.
+        trial: optuna.trial.FrozenTrial = retrying(
+            lambda: super(ResilientRDBStorage, self)._create_new_trial(study_id, template_trial),
+            "create_new_trial",
+        )
+        hook, self.on_trial_created = self.on_trial_created, None
+        if hook is not None:
+            hook()
+        return trial
+
+    def set_trial_state_values(
+        self,
+        trial_id: int,
+        state: optuna.trial.TrialState,
+        values: Any = None,
+    ) -> bool:
+        first = True
+
+        def call() -> bool:
+            nonlocal first
+            try:
+                return super(ResilientRDBStorage, self).set_trial_state_values(
+                    trial_id, state, values
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if first:
+                    raise
+                # A retry after a lost reply: the first attempt did commit.
+                return self.get_trial(trial_id).state == state
+            finally:
+                first = False
+
+        return retrying(call, "set_trial_state_values")
+
+
+def _wrap(name: str) -> None:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: method(self, *args, **kwargs), name)
+
+    setattr(ResilientRDBStorage, name, wrapper)
+
+
+for _name in _RETRIED:
+    if hasattr(optuna.storages.RDBStorage, _name):
+        _wrap(_name)
