@@ -10,8 +10,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from hpsearch.cli_results import add_results_commands, artifacts_arg
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
 from hpsearch.errors import ConfigError, HpsearchError, StorageError
 
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "successive_halving, hyperband, none (default: the study file's)",
     )
     _worker_args(run)
+    artifacts_arg(run)
     run.add_argument(
         "--workers",
         type=int,
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _study_args(worker)
     _worker_args(worker)
+    artifacts_arg(worker)
     worker.add_argument(
         "--wait",
         type=int,
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seed baseline, the study's best trial, or a trial number",
     )
     train.set_defaults(func=cmd_train)
+    add_results_commands(sub)
     return parser
 
 
@@ -183,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from hpsearch.data import load_data
     from hpsearch.launcher import launch, plan_slots
-    from hpsearch.study import mask_url, open_storage, open_study, storage_url
+    from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
     from hpsearch.workers import TARGET_ATTR, finished_count
 
     slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu)
@@ -212,7 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if local:
         assert device is not None
-        _work(cfg, study, data, args.heartbeat, offset=before, total=args.trials)
+        store = artifacts_dir(url, args.artifacts)
+        _work(cfg, study, data, args.heartbeat, store, offset=before, total=args.trials)
     else:
         worker_args = [
             "--study",
@@ -221,6 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             name,
             "--heartbeat",
             str(args.heartbeat),
+            "--artifacts",
+            str(artifacts_dir(url, args.artifacts)),
         ]
         for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
             worker_args += ["--set", o]
@@ -238,7 +246,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import torch
 
     from hpsearch.data import load_data
-    from hpsearch.study import mask_url, open_storage, open_study, storage_url
+    from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
     from hpsearch.workers import target
 
     threads = os.environ.get("HPSEARCH_THREADS")
@@ -269,12 +277,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials",
         flush=True,
     )
-    _work(cfg, study, data, args.heartbeat, offset=0, total=goal)
+    store = artifacts_dir(url, args.artifacts)
+    _work(cfg, study, data, args.heartbeat, store, offset=0, total=goal)
     return 0
 
 
 def _work(
-    cfg: StudyConfig, study: optuna.Study, data: DeviceData, heartbeat: int, offset: int, total: int
+    cfg: StudyConfig,
+    study: optuna.Study,
+    data: DeviceData,
+    heartbeat: int,
+    artifacts: Path,
+    offset: int,
+    total: int,
 ) -> None:
     """Run this process's share of the budget, printing progress."""
     import torch
@@ -288,7 +303,7 @@ def _work(
     progress.seed_best(study)
     reason = run_until_budget(
         study,
-        make_objective(cfg, data, progress.epoch),
+        make_objective(cfg, data, progress.epoch, artifacts),
         claim_lock(study._storage, study.study_name),
         callbacks=[progress.trial_done],
         catch=(torch.OutOfMemoryError,),
@@ -303,7 +318,7 @@ def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> in
     """Print what the run did; exit code 0 when the budget (or the grid) is done."""
     import optuna
 
-    from hpsearch.study import grid_check, mask_url
+    from hpsearch.study import grid_check, mask_url, storage_url
     from hpsearch.workers import finished_count, target
 
     trials = study.get_trials(deepcopy=False)
@@ -321,7 +336,8 @@ def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> in
         )
     except ValueError:
         print("best: no completed trial yet")
-    print(f"browse: optuna-dashboard {mask_url(url)}")
+    storage_flag = "" if url == storage_url(None) else f" --storage {mask_url(url)}"
+    print(f"browse: hpsearch dashboard --study {study.study_name}{storage_flag}")
     goal = target(study)
     if goal is not None and done < goal:
         if cfg.search.sampler.name == "grid" and grid_check(cfg)(study) == "exhausted":

@@ -73,6 +73,7 @@ class SearchConfig:
     enqueue_baseline: bool
     space: Mapping[str, ParamSpec]  # family -> spec; families left out take the baseline value
     grid: Mapping[str, tuple[Scalar, ...]]  # parameter -> values, for the grid sampler
+    keep_checkpoints: int = 3  # checkpoints of the best trials kept as artifacts; 0 = none
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,15 @@ def load_study(study: str, overrides: Sequence[Override] = ()) -> StudyConfig:
         raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
 
 
+def config_from_dict(doc: Mapping[str, Any], origin: str) -> StudyConfig:
+    """Validate a resolved study document (as ``StudyConfig.to_dict`` returns it), e.g. the one
+    recorded in a checkpoint; ``origin`` names where it came from in error messages."""
+    try:
+        return _validate(doc, Path(origin), True)
+    except _Invalid as e:
+        raise ConfigError(f"{origin}: {e.key}: {e.msg}") from None
+
+
 def _apply(doc: dict[str, Any], o: Override) -> None:
     parts = o.key.split(".")
     node = doc
@@ -318,7 +328,10 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
     )
 
     s = _section(
-        doc, "search", "", ("sampler", "pruner", "seed", "enqueue_baseline", "space", "grid")
+        doc,
+        "search",
+        "",
+        ("sampler", "pruner", "seed", "enqueue_baseline", "space", "grid", "keep_checkpoints"),
     )
     space_raw = _section(s, "space", "search.", tuple(FAMILIES))
     space = {fam: _param_spec(fam, v, f"search.space.{fam}") for fam, v in space_raw.items()}
@@ -332,6 +345,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         enqueue_baseline=_bool(s, "enqueue_baseline", "search.enqueue_baseline", False),
         space=MappingProxyType(space),
         grid=MappingProxyType(grid),
+        keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
     )
     if search.enqueue_baseline and sampler.name != "grid":
         for name, value in baseline_params(search).items():

@@ -7,12 +7,14 @@ import platform
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from hpsearch import __version__
+from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData
 from hpsearch.model import param_count
@@ -67,9 +69,21 @@ EpochHook = Callable[[optuna.Trial, EpochMetrics], None]
 
 
 def make_objective(
-    cfg: StudyConfig, data: DeviceData, on_epoch: EpochHook | None = None
+    cfg: StudyConfig,
+    data: DeviceData,
+    on_epoch: EpochHook | None = None,
+    artifacts: Path | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective for ``study.optimize``: returns the final epoch's validation accuracy."""
+    """The objective for ``study.optimize``: returns the final epoch's validation accuracy.
+
+    With ``artifacts`` (a directory), a trial that finishes among the best
+    ``search.keep_checkpoints`` keeps its trained model there as an Optuna artifact.
+    """
+    keeper = None
+    if artifacts is not None and cfg.search.keep_checkpoints > 0:
+        keeper = CheckpointKeeper(
+            artifacts, cfg.search.keep_checkpoints, cfg, data.classes, data.image_size, versions()
+        )
     static_attrs: dict[str, Any] = {
         "device": device_name(data.device),
         "versions": versions(),
@@ -121,6 +135,8 @@ def make_objective(
             if data.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        if keeper is not None:
+            keeper.offer(trial, result.model, spec.arch, result.val_accuracy)
         return result.val_accuracy
 
     return objective

@@ -1,0 +1,71 @@
+"""Where checkpoints live: Optuna's filesystem artifact store (written atomically), the trial
+attribute that links a trial to its checkpoint, and finding a trial's file. No torch here, so
+the commands that only read the study start fast."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import FrozenTrial
+
+from hpsearch.errors import HpsearchError
+
+CHECKPOINT_ATTR = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
+KEPT_ATTR = "kept_checkpoints"  # study user attribute: trials whose checkpoint is kept, best first
+_SAFE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]*$")
+
+
+class CheckpointError(HpsearchError):
+    """A checkpoint that is missing, unreadable or does not match its trial."""
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's filesystem artifact store, but a write lands under a temporary name first and is
+    renamed into place, so readers (and later runs) never see a partial file."""
+
+    def __init__(self, base_path: Path) -> None:
+        super().__init__(base_path)
+        self.base_path = base_path
+
+    def path_of(self, artifact_id: str) -> Path:
+        if not _SAFE_ID.match(artifact_id):
+            raise CheckpointError(f"invalid artifact id {artifact_id!r}")
+        return self.base_path / artifact_id
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        path = self.path_of(artifact_id)
+        self.base_path.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{artifact_id}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Path:
+    """The file of ``trial``'s checkpoint in the store, or a CheckpointError saying why not."""
+    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not isinstance(artifact_id, str):
+        why = trial.user_attrs.get("checkpoint_error")
+        raise CheckpointError(
+            f"trial {trial.number} has no checkpoint"
+            + (f" ({why})" if why else " (it never ranked among the kept best trials)")
+            + keep_hint
+        )
+    path = AtomicArtifactStore(store_dir).path_of(artifact_id)
+    if not path.is_file():
+        raise CheckpointError(
+            f"the checkpoint of trial {trial.number} is not in {store_dir} (artifact "
+            f"{artifact_id}): it fell out of the kept best trials, or the artifacts are "
+            f"elsewhere (--artifacts DIR){keep_hint}"
+        )
+    return path

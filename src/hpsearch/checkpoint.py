@@ -1,0 +1,245 @@
+"""Checkpoints of the best trials, kept as Optuna artifacts: save the top K, find, load safely.
+
+When a trial finishes among the study's best ``search.keep_checkpoints`` completed trials, its
+weights (``state_dict``), parameters, architecture, class names and the resolved study config are
+saved with ``torch.save`` and uploaded with ``optuna.artifacts.upload_artifact`` while the trial
+is still running, so the dashboard lists the file on the trial's page; the trial's user attribute
+``checkpoint`` holds the artifact id. Trials pushed out of the top K lose their file (their
+attribute stays: a finished trial cannot be changed). Files are written to a temporary name and
+renamed, so a full disk never leaves a truncated checkpoint that a later command would trust.
+Loading uses ``torch.load(..., weights_only=True)`` and refuses a checkpoint whose recorded
+architecture is not the one its parameters build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from hpsearch.artifacts import (
+    CHECKPOINT_ATTR,
+    KEPT_ATTR,
+    AtomicArtifactStore,
+    CheckpointError,
+    checkpoint_path,
+)
+from hpsearch.config import StudyConfig, config_from_dict
+from hpsearch.model import build_model
+from hpsearch.space import params_source, sample_values, to_trial_spec
+from hpsearch.spec import ArchSpec
+
+log = logging.getLogger(__name__)
+
+FORMAT = "hpsearch-checkpoint/1"
+
+
+def checkpoint_blob(
+    trial_number: int,
+    study_name: str,
+    value: float,
+    params: Mapping[str, Any],
+    arch: ArchSpec,
+    model: nn.Module,
+    classes: Sequence[str],
+    image_size: int,
+    config: Mapping[str, Any],
+    versions: Mapping[str, str],
+) -> dict[str, Any]:
+    """What a checkpoint file holds: plain types and CPU tensors only (``weights_only`` loads)."""
+    return {
+        "format": FORMAT,
+        "study": study_name,
+        "trial": trial_number,
+        "value": float(value),
+        "params": dict(params),
+        "arch": asdict(arch),
+        "classes": list(classes),
+        "image_size": int(image_size),
+        "config": json.dumps(config),
+        "versions": dict(versions),
+        # contiguous: channels_last weights are saved in the default layout
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+
+
+class CheckpointKeeper:
+    """Saves a finishing trial's model when it ranks among the K best completed trials, and
+    removes the files of trials that fall out (ranked by value, the earlier trial first on ties).
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        keep: int,
+        cfg: StudyConfig,
+        classes: Sequence[str],
+        image_size: int,
+        versions: Mapping[str, str],
+    ) -> None:
+        self.store = AtomicArtifactStore(store_dir)
+        self.keep = keep
+        self.cfg = cfg
+        self.classes = tuple(classes)
+        self.image_size = image_size
+        self.versions = dict(versions)
+
+    def offer(self, trial: optuna.Trial, model: nn.Module, arch: ArchSpec, value: float) -> bool:
+        """Called by the objective with the trained model, before the trial is told COMPLETE.
+
+        Returns whether a checkpoint was saved. A failure to write (a full disk) is logged and
+        recorded in the trial's ``checkpoint_error`` attribute; the trial still completes.
+        """
+        from hpsearch.workers import fresh_trials
+
+        done = [
+            t
+            for t in fresh_trials(trial.study)
+            if t.state == TrialState.COMPLETE and t.value is not None
+        ]
+        ranked = sorted(
+            [(float(t.value), t.number) for t in done if t.value is not None]
+            + [(value, trial.number)],
+            key=lambda vn: (-vn[0], vn[1]),
+        )
+        top = [n for _, n in ranked[: self.keep]]
+        saved = False
+        if trial.number in top:
+            saved = self._save(trial, model, arch, value)
+        with_file = {t.number for t in done if isinstance(t.user_attrs.get(CHECKPOINT_ATTR), str)}
+        for t in done:
+            if t.number not in top and t.number in with_file:
+                self.discard(str(t.user_attrs[CHECKPOINT_ATTR]))
+        if saved:
+            with_file.add(trial.number)
+        # what the dashboard shows on the study's page (a finished trial cannot be changed, so
+        # a removed checkpoint stays listed on its trial's page)
+        trial.study.set_user_attr(KEPT_ATTR, [n for n in top if n in with_file])
+        return saved
+
+    def _save(self, trial: optuna.Trial, model: nn.Module, arch: ArchSpec, value: float) -> bool:
+        blob = checkpoint_blob(
+            trial.number,
+            trial.study.study_name,
+            value,
+            trial.params,
+            arch,
+            model,
+            self.classes,
+            self.image_size,
+            self.cfg.to_dict(),
+            self.versions,
+        )
+        try:
+            self.store.base_path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".upload-", dir=self.store.base_path) as tmp:
+                path = Path(tmp) / f"trial-{trial.number}-checkpoint.pt"
+                torch.save(blob, path)
+                artifact_id = upload_artifact(
+                    artifact_store=self.store,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    mimetype="application/octet-stream",
+                )
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+            reason = f"checkpoint not saved in {self.store.base_path}: {detail[:300]}"
+            log.warning("trial %d: %s", trial.number, reason)
+            trial.set_user_attr("checkpoint_error", reason)
+            return False
+        trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
+        return True
+
+    def discard(self, artifact_id: str) -> None:
+        # already gone: another worker evicted it first
+        with contextlib.suppress(ArtifactNotFound, OSError, CheckpointError):
+            self.store.remove(artifact_id)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the model's weights and everything needed to rebuild and use it."""
+
+    study: str
+    trial: int
+    value: float
+    params: dict[str, Any]
+    arch: ArchSpec
+    classes: tuple[str, ...]
+    image_size: int
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+
+    def model(self) -> nn.Module:
+        """The trained network on the CPU, in eval mode."""
+        net = build_model(self.arch, len(self.classes), self.image_size)
+        try:
+            net.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise CheckpointError(
+                f"checkpoint {self.path} does not fit the network of trial {self.trial}: {detail}"
+            ) from None
+        return net.eval()
+
+
+def load_checkpoint(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Checkpoint:
+    """Load and verify ``trial``'s checkpoint (``weights_only=True``)."""
+    path = checkpoint_path(trial, store_dir, keep_hint)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not a checkpoint"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an hpsearch checkpoint ({FORMAT})")
+    if blob["trial"] != trial.number or blob["params"] != trial.params:
+        raise CheckpointError(
+            f"checkpoint {path} records trial {blob['trial']}, not trial {trial.number} "
+            "with its parameters; refusing to load it"
+        )
+    cfg = config_from_dict(json.loads(blob["config"]), f"checkpoint {path}")
+    values = sample_values(cfg.search, params_source(blob["params"], f"checkpoint {path}"))
+    expected = to_trial_spec(values, cfg, 0).arch
+    recorded = ArchSpec(**{k: _tuple(v) for k, v in blob["arch"].items()})
+    if recorded != expected:
+        raise CheckpointError(
+            f"checkpoint {path} records architecture {_short(recorded)} but trial {trial.number}'s "
+            f"parameters build {_short(expected)}; refusing to load it"
+        )
+    return Checkpoint(
+        study=str(blob["study"]),
+        trial=int(blob["trial"]),
+        value=float(blob["value"]),
+        params=dict(blob["params"]),
+        arch=recorded,
+        classes=tuple(blob["classes"]),
+        image_size=int(blob["image_size"]),
+        config=json.loads(blob["config"]),
+        state_dict=dict(blob["state_dict"]),
+        path=path,
+    )
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _short(arch: ArchSpec) -> str:
+    return ", ".join(f"{k}={v}" for k, v in asdict(arch).items())

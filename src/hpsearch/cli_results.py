@@ -1,0 +1,281 @@
+"""The ``hpsearch`` commands that read a study: dashboard, status, best, trials, export,
+predict, evaluate, report. Parsing and printing only; the work is in the modules named below."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from hpsearch.checkpoint import Checkpoint
+
+
+def artifacts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        default=None,
+        help="checkpoint (artifact) directory (default: $HPSEARCH_ARTIFACTS, else beside an "
+        "SQLite file: hpsearch.db -> hpsearch-artifacts/, else ./hpsearch-artifacts)",
+    )
+
+
+def _results_args(p: argparse.ArgumentParser, study_required: bool = True) -> None:
+    """What every results command takes: which study, in which storage, with which artifacts."""
+    p.add_argument(
+        "--study",
+        required=study_required,
+        default=None,
+        metavar="NAME|PATH",
+        help="the study: its name, or its study file (the Optuna study is named after the "
+        "file's stem)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
+        "working directory)",
+    )
+    p.add_argument(
+        "--study-name",
+        metavar="NAME",
+        default=None,
+        help="Optuna study name (default: the --study name or file stem)",
+    )
+    artifacts_arg(p)
+
+
+def _trial_number(text: str) -> int:
+    """argparse type: a trial number (0 or more)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}")
+    return int(text)
+
+
+def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """The commands that read a study: dashboard, status, best, trials, export, predict,
+    evaluate, report."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    dash = sub.add_parser(
+        "dashboard", help="optuna-dashboard on the study's storage", formatter_class=fmt
+    )
+    _results_args(dash, study_required=False)
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    dash.add_argument("--port", type=int, default=8080, help="port to listen on")
+    dash.set_defaults(func=cmd_dashboard)
+
+    status = sub.add_parser(
+        "status",
+        help="trials by state, best trial, trials per hour, time left for the budget",
+        formatter_class=fmt,
+    )
+    _results_args(status)
+    status.set_defaults(func=cmd_status)
+
+    best = sub.add_parser(
+        "best", help="the best trial: value, parameters (YAML), checkpoint", formatter_class=fmt
+    )
+    _results_args(best)
+    best.set_defaults(func=cmd_best)
+
+    trials = sub.add_parser(
+        "trials",
+        help="every trial as CSV: parameters, value, state, durations, user attributes",
+        formatter_class=fmt,
+    )
+    _results_args(trials)
+    trials.add_argument("--csv", required=True, metavar="FILE", help="output file (- for stdout)")
+    trials.set_defaults(func=cmd_trials)
+
+    export = sub.add_parser(
+        "export",
+        help="the best (or a given) trial's model as TorchScript or ONNX, preprocessing built in",
+        formatter_class=fmt,
+    )
+    _results_args(export)
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("--output", required=True, metavar="FILE", help="file to write")
+    _trial_arg(export)
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser(
+        "predict", help="label and probability for image files", formatter_class=fmt
+    )
+    _results_args(predict)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size)")
+    _trial_arg(predict)
+    _device_arg(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="accuracy, per-class accuracy and confusion matrix on an ImageFolder directory",
+        formatter_class=fmt,
+    )
+    _results_args(evaluate)
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="DIR/<class>/<image>, or a data-set root with DIR/val/<class>/<image>",
+    )
+    _trial_arg(evaluate)
+    _device_arg(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    report = sub.add_parser(
+        "report", help="PNG plots and a markdown summary of the study", formatter_class=fmt
+    )
+    _results_args(report)
+    report.add_argument("--output", required=True, metavar="DIR", help="directory to write")
+    report.set_defaults(func=cmd_report)
+
+
+def _trial_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trial",
+        type=_trial_number,
+        default=None,
+        metavar="N",
+        help="a trial number (default: the best completed trial)",
+    )
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def _open(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
+    """(study, storage URL, artifact directory) for a results command."""
+    from hpsearch.results import open_existing, study_name
+    from hpsearch.study import artifacts_dir, storage_url
+
+    url = storage_url(args.storage)
+    study = open_existing(url, study_name(args.study, args.study_name))
+    return study, url, artifacts_dir(url, args.artifacts)
+
+
+def _checkpoint(args: argparse.Namespace) -> Checkpoint:
+    """The checkpoint of ``--trial`` (default: the best completed trial)."""
+    from hpsearch.checkpoint import load_checkpoint
+    from hpsearch.results import keep_hint, pick_trial
+
+    study, _, store = _open(args)
+    trial = pick_trial(study, args.trial)
+    return load_checkpoint(trial, store, keep_hint(study, store))
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    from hpsearch.errors import ConfigError
+    from hpsearch.train import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpsearch.dashboard import dashboard_url, serve
+    from hpsearch.results import open_existing, study_name
+    from hpsearch.study import artifacts_dir, mask_url, open_storage, storage_url
+
+    url = storage_url(args.storage)
+    store = artifacts_dir(url, args.artifacts)
+    study_id = None
+    if args.study is not None or args.study_name is not None:
+        study = open_existing(url, study_name(args.study or "", args.study_name))
+        study_id = study._study_id
+        storage = study._storage
+    else:
+        storage = open_storage(url)
+    print(
+        f"optuna-dashboard for {mask_url(url)} (checkpoints in {store}) at "
+        f"{dashboard_url(args.host, args.port, study_id)}; Ctrl-C stops it",
+        flush=True,
+    )
+    serve(storage, args.host, args.port, store)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpsearch.results import status_text
+
+    study, url, _ = _open(args)
+    print(status_text(study, url))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from hpsearch.results import best_text
+
+    study, _, store = _open(args)
+    print(best_text(study, store))
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from hpsearch.results import write_trials_csv
+
+    study, _, _ = _open(args)
+    rows, cols = write_trials_csv(study, args.csv)
+    if args.csv != "-":
+        print(f"wrote {rows} trials ({cols} columns) to {args.csv}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.export import export
+
+    ckpt = _checkpoint(args)
+    out = Path(args.output).expanduser()
+    export(ckpt, args.format, out)
+    s = ckpt.image_size
+    print(
+        f"exported trial {ckpt.trial} (val_accuracy {ckpt.value:.4f}) as {args.format} to "
+        f"{out}: input float (B, 3, {s}, {s}) RGB in [0, 1], output (B, {len(ckpt.classes)}) "
+        f"logits for {', '.join(ckpt.classes)}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hpsearch.inference import predict
+
+    ckpt = _checkpoint(args)
+    for p in predict(ckpt, args.images, _device(args.device)):
+        print(f"{p.path}: {p.label} {p.probability:.4f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hpsearch.inference import evaluate
+
+    ckpt = _checkpoint(args)
+    result = evaluate(ckpt, Path(args.data), _device(args.device))
+    print(f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f} in the search), {ckpt.image_size}px")
+    print(result.text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpsearch.report import write_report
+
+    study, _, _ = _open(args)
+    out = Path(args.output).expanduser()
+    files = write_report(study, out)
+    print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")
+    return 0

@@ -1,0 +1,174 @@
+"""A study as PNG plots (Optuna's matplotlib visualisations) and a markdown summary linking them."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.errors import HpsearchError
+from hpsearch.results import ranked
+
+PLOTS: tuple[tuple[str, str, str], ...] = (
+    ("optimization_history", "Optimization history", "validation accuracy of each trial"),
+    ("param_importances", "Hyperparameter importances", "fANOVA over the completed trials"),
+    ("intermediate_values", "Intermediate values", "accuracy per epoch: where pruned trials stop"),
+    (
+        "parallel_coordinate",
+        "Parallel coordinates",
+        "the most important parameters of the completed trials",
+    ),
+)
+
+
+def _plotters() -> dict[str, Callable[..., Any]]:
+    from optuna.visualization import matplotlib as vis
+
+    return {
+        "optimization_history": vis.plot_optimization_history,
+        "param_importances": vis.plot_param_importances,
+        "intermediate_values": vis.plot_intermediate_values,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+    }
+
+
+def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Write the PNGs and ``summary.md`` into ``out_dir`` (created); returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HpsearchError(f"--output {out_dir}: cannot create: {e.strerror or e}") from None
+    completed = ranked(study)
+    trials = study.get_trials(deepcopy=False)
+    written: list[Path] = []
+    shown: list[tuple[str, str, str]] = []
+    notes: list[str] = []
+    top_params = _most_important(study, len(completed))
+    for key, title, what in PLOTS:
+        if key == "param_importances" and len(completed) < 2:
+            notes.append(f"{title}: skipped, it needs at least 2 completed trials")
+            continue
+        if key != "intermediate_values" and not completed:
+            notes.append(f"{title}: skipped, no completed trial yet")
+            continue
+        path = out_dir / f"{key}.png"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks the matplotlib backend experimental
+                extra: dict[str, Any] = {}
+                if key == "parallel_coordinate":
+                    extra["params"] = top_params
+                if key != "intermediate_values":
+                    extra["target_name"] = "val_accuracy"
+                ax = _plotters()[key](study, **extra)
+            fig = _figure(ax)
+            fig.set_size_inches(11 if key == "parallel_coordinate" else 8, 5)
+            _save(fig, path)
+            plt.close(fig)
+        except (ValueError, RuntimeError) as e:  # e.g. importances when no parameter varies
+            notes.append(f"{title}: skipped ({' '.join(str(e).split())[:200]})")
+            plt.close("all")
+            continue
+        written.append(path)
+        shown.append((path.name, title, what))
+    summary = out_dir / "summary.md"
+    _atomic_text(summary, _summary(study, trials, completed, shown, notes))
+    written.append(summary)
+    return written
+
+
+def _most_important(study: optuna.Study, completed: int, n: int = 8) -> list[str] | None:
+    """The ``n`` most important parameters (all of them when importances cannot be computed):
+    a parallel-coordinate plot of 18 axes is unreadable."""
+    if completed < 2:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):
+        return None
+    return list(importances)[:n] or None
+
+
+def _figure(ax: Any) -> Any:
+    """The figure behind what a plot function returned (one Axes, or an array of them)."""
+    if hasattr(ax, "figure"):
+        return ax.figure
+    return ax.flat[0].figure
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _summary(
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    completed: list[optuna.trial.FrozenTrial],
+    shown: list[tuple[str, str, str]],
+    notes: list[str],
+) -> str:
+    states = Counter(t.state for t in trials)
+    counts = ", ".join(
+        f"{states.get(s, 0)} {s.name.lower()}"
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    )
+    lines = [f"# Study `{study.study_name}`", "", f"{len(trials)} trials: {counts}.", ""]
+    if completed:
+        best = completed[0]
+        lines += [
+            f"Best: validation accuracy **{best.value:.4f}** in trial {best.number}.",
+            "",
+            "| parameter | value |",
+            "|---|---|",
+            *(f"| `{k}` | {v} |" for k, v in best.params.items()),
+            "",
+            "Top trials:",
+            "",
+            "| trial | val_accuracy | epochs | seconds |",
+            "|---|---|---|---|",
+        ]
+        for t in completed[:10]:
+            secs = t.duration.total_seconds() if t.duration else float("nan")
+            lines.append(
+                f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('epochs_run', '')} "
+                f"| {secs:.1f} |"
+            )
+        lines.append("")
+    else:
+        lines += ["No completed trial yet.", ""]
+    for name, title, what in shown:
+        lines += [f"## {title}", "", f"{what[0].upper()}{what[1:]}.", "", f"![{title}]({name})", ""]
+    if notes:
+        lines += ["## Not plotted", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(lines)
