@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,11 @@ def hpsearch(
     )
 
 
+def argv(line: str) -> list[str]:
+    """A command line written as one string, split like a shell would."""
+    return shlex.split(line)
+
+
 def popen(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
     """Start the real CLI in the background, stdout and stderr merged, unbuffered."""
     return subprocess.Popen(
@@ -104,3 +110,27 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as con:
             con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def smoke_study(_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real smoke search through the CLI, shared (read-only) by the results tests: 3
+    completed trials (no pruner), the 2 best keeping checkpoints in ``hpsearch-artifacts/``
+    beside ``hpsearch.db``. About 15 s on 2 cores."""
+    work = tmp_path_factory.mktemp("smoke-study")
+    r = hpsearch(
+        [
+            "run",
+            "--study",
+            "smoke",
+            "--trials",
+            "3",
+            "--pruner",
+            "none",
+            "--set",
+            "search.keep_checkpoints=2",
+        ],
+        work,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return work
