@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -176,6 +176,24 @@ def _load(args: argparse.Namespace, extra: Sequence[Override] = ()) -> StudyConf
     return load_study(args.study, [*overrides, *extra])
 
 
+def _auto_per_gpu(args: argparse.Namespace) -> Callable[[str], int]:
+    """The measured ``--trials-per-gpu`` default (see hpsearch.gpu_plan), said on one line."""
+
+    def decide(gpu: str) -> int:
+        from hpsearch.gpu_plan import probe, trials_per_gpu
+
+        print(f"measuring one trial of {args.study} on GPU {gpu} to pick --trials-per-gpu...")
+        try:
+            k, why = trials_per_gpu(probe([args.study, *args.overrides], gpu))
+        except HpsearchError as e:
+            print(f"warning: {e}; running 1 trial per GPU (set --trials-per-gpu)", flush=True)
+            return 1
+        print(why, flush=True)
+        return k
+
+    return decide
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
@@ -191,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
     from hpsearch.workers import TARGET_ATTR, finished_count
 
-    slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu)
+    slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, _auto_per_gpu(args))
     url = storage_url(args.storage)
     storage = open_storage(url, args.heartbeat)
     local = len(slots) == 1 and slots[0].gpu is None

@@ -202,7 +202,13 @@ def load_study(study: str, overrides: Sequence[Override] = ()) -> StudyConfig:
         return _validate(doc, path, "data.root" in flags)
     except _Invalid as e:
         where = next(
-            (f for k, f in flags.items() if e.key == k or e.key.startswith(k + ".")), str(path)
+            (
+                f
+                for k, f in flags.items()
+                # the override set this key, something inside it, or a key inside the bad one
+                if e.key == k or e.key.startswith(k + ".") or k.startswith(e.key + ".")
+            ),
+            str(path),
         )
         raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
 
