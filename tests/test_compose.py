@@ -31,7 +31,13 @@ def test_postgres_has_a_named_volume_and_a_healthcheck() -> None:
 def test_dashboard_is_published_on_localhost_only() -> None:
     dash = compose()["services"]["dashboard"]
     assert all(p.startswith("127.0.0.1:") for p in dash["ports"])
-    assert "optuna-dashboard" in " ".join(dash["entrypoint"])
+    assert dash["command"][0] == "dashboard"  # in-process optuna-dashboard via hpsearch
+    # The password never reaches a command line: the URL comes from the environment.
+    assert "entrypoint" not in dash
+    assert not any("postgres" in str(part) for part in dash["command"])
+    assert dash["environment"]["HPSEARCH_STORAGE"].startswith("postgresql://")
+    worker = compose()["services"]["worker"]
+    assert dash["environment"]["HPSEARCH_ARTIFACTS"] == worker["environment"]["HPSEARCH_ARTIFACTS"]
     assert dash["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
