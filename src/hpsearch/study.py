@@ -206,7 +206,9 @@ def open_study(
     if not exists:
         study.set_user_attr("study_file", str(cfg.path))
         study.set_user_attr("metric", "val_accuracy")
-        study.set_metric_names(["val_accuracy"])  # the dashboard's axis titles
+        with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_accuracy"])  # the dashboard's axis titles
         if cfg.search.enqueue_baseline and cfg.search.sampler.name != "grid":
             study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
     return study
