@@ -6,10 +6,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig, load_study, parse_set
 from hpsearch.data import DeviceData, load_data
-from hpsearch.objective import make_objective
+from hpsearch.objective import TrialOutOfMemory, make_objective
 from hpsearch.study import open_storage, open_study
 from hpsearch.train import EpochMetrics
 
@@ -106,3 +107,46 @@ def test_nan_loss_prunes_with_reason(tmp_path: Path, data: DeviceData) -> None:
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.PRUNED
     assert "non-finite training loss" in t.user_attrs["pruned_reason"]
+
+
+def test_out_of_host_memory_fails_the_trial_and_steers_the_search(data: DeviceData) -> None:
+    """A real allocation failure: one dense layer of 4096*16*16 x 65536 floats (275 GB)."""
+    cfg = load_study(
+        "smoke",
+        [
+            parse_set("data.max_per_class=80"),
+            parse_set("data.val_max_per_class=40"),
+            parse_set("train.epochs=1"),
+            parse_set("search.enqueue_baseline=false"),
+            parse_set("search.space.n_blocks=1"),
+            parse_set("search.space.channels=[8, 4096]"),
+            parse_set("search.space.dense_units=[16, 65536]"),
+            parse_set("search.space.batch_size=[16, 32]"),
+        ],
+    )
+    study = optuna.create_study(direction="maximize")
+    small = {"channels_b1": 8, "dense_units": 16, "batch_size": 16}
+    for params in (
+        small,
+        {"channels_b1": 4096, "dense_units": 65536, "batch_size": 16},  # runs out of memory
+        {"channels_b1": 4096, "dense_units": 65536, "batch_size": 32},  # no smaller: predicted
+        {**small, "batch_size": 32},  # the search carries on
+    ):
+        study.enqueue_trial(params)
+    study.optimize(make_objective(cfg, data), n_trials=4, catch=(TrialOutOfMemory,))
+    states = [t.state for t in study.trials]
+    assert states == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
+    oom = study.trials[1].user_attrs
+    assert oom["oom"] is True and oom["fail_reason"].startswith("out of host memory: ")
+    assert oom["n_params"] > 10**10
+    assert (
+        study.trials[2]
+        .user_attrs["pruned_reason"]
+        .startswith("predicted out of memory: trial 1 ran out of memory")
+    )
+    assert study.trials[2].intermediate_values == {}  # pruned before training: ranks last

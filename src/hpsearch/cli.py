@@ -310,9 +310,7 @@ def _work(
     total: int,
 ) -> None:
     """Run this process's share of the budget, printing progress."""
-    import torch
-
-    from hpsearch.objective import make_objective
+    from hpsearch.objective import TrialOutOfMemory, make_objective
     from hpsearch.progress import Progress
     from hpsearch.study import grid_check
     from hpsearch.workers import claim_lock, run_until_budget
@@ -324,7 +322,7 @@ def _work(
         make_objective(cfg, data, progress.epoch, artifacts),
         claim_lock(study._storage, study.study_name),
         callbacks=[progress.trial_done],
-        catch=(torch.OutOfMemoryError,),
+        catch=(TrialOutOfMemory,),
         poll_seconds=min(5.0, float(heartbeat)),
         grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
     )
@@ -429,7 +427,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = fit(spec, data, show, cfg.train.eval_batch_size)
+    from hpsearch.objective import is_out_of_memory
+    from hpsearch.train import NonFiniteLoss
+
+    try:
+        result = fit(spec, data, show, cfg.train.eval_batch_size)
+    except NonFiniteLoss as e:
+        raise HpsearchError(f"trial {label}: {e}") from None
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise HpsearchError(f"trial {label} ran out of memory: {first}") from None
     print(
         json.dumps(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import sys
@@ -30,6 +31,37 @@ from hpsearch.space import (
     trial_seed,
 )
 from hpsearch.train import EpochMetrics, NonFiniteLoss, fit
+
+
+class TrialOutOfMemory(Exception):
+    """A trial ran out of GPU or host memory; it fails and the search carries on."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError for host memory."""
+    if isinstance(e, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+def predicted_oom(
+    trials: list[optuna.trial.FrozenTrial], n_params: int, batch_size: int, device: str
+) -> optuna.trial.FrozenTrial | None:
+    """A trial on the same device that ran out of memory although it was no larger than this
+    one (no more parameters, no bigger batch), or None. Such a trial would fail the same way."""
+    for t in trials:
+        a = t.user_attrs
+        if (
+            a.get("oom")
+            and a.get("device") == device
+            and n_params >= int(a.get("n_params", n_params + 1))
+            and batch_size >= int(a.get("batch_size", batch_size + 1))
+        ):
+            return t
+    return None
 
 
 def trial_source(trial: optuna.Trial) -> Source:
@@ -96,10 +128,25 @@ def make_objective(
         values = sample_values(cfg.search, trial_source(trial))
         seed = trial_seed(cfg.search.seed, trial.number)
         spec = to_trial_spec(values, cfg, seed)
+        n_params = param_count(spec.arch, len(data.classes), data.image_size)
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr("n_params", param_count(spec.arch, len(data.classes), data.image_size))
+        trial.set_user_attr("n_params", n_params)
+        trial.set_user_attr("batch_size", spec.batch_size)
         for k, v in static_attrs.items():
             trial.set_user_attr(k, v)
+        # Samplers never learn from FAIL trials (TPE ignores them), so a trial that is at least as
+        # large as one that ran out of memory here is pruned at once: PRUNED with no value ranks
+        # below every other trial, which steers TPE away from that corner of the space.
+        failed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        twin = predicted_oom(failed, n_params, spec.batch_size, static_attrs["device"])
+        if twin is not None:
+            reason = (
+                f"predicted out of memory: trial {twin.number} ran out of memory with no more "
+                f"parameters ({twin.user_attrs['n_params']:,}) and no bigger batch "
+                f"({twin.user_attrs['batch_size']})"
+            )
+            trial.set_user_attr("pruned_reason", reason)
+            raise optuna.TrialPruned(reason)
         seen = 0.0
         train_s = 0.0
         epoch_s = 0.0
@@ -130,11 +177,18 @@ def make_objective(
         except KeyboardInterrupt as e:
             trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
             raise
-        except torch.OutOfMemoryError as e:
-            trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0][:300]}")
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+            reason = f"out of {where} memory: {(str(e).splitlines() or [''])[0][:300]}"
+            del e  # drop the traceback's references to the frames holding the tensors
+            gc.collect()
             if data.device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise
+            trial.set_user_attr("oom", True)
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialOutOfMemory(reason) from None
         if keeper is not None:
             keeper.offer(trial, result.model, spec.arch, result.val_accuracy)
         return result.val_accuracy
