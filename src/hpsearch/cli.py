@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from hpsearch.cli_results import add_results_commands, artifacts_arg
+from hpsearch.cli_results import add_results_commands, artifacts_arg, storage_args
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
 from hpsearch.errors import ConfigError, HpsearchError, StorageError
 
@@ -40,19 +40,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="a study name under studies/ (e.g. catdog, smoke) or a path to a YAML file",
     )
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        default=None,
-        help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
-        "working directory)",
-    )
-    p.add_argument(
-        "--study-name",
-        metavar="NAME",
-        default=None,
-        help="Optuna study name (default: the study file's stem)",
-    )
+    storage_args(p)
     p.add_argument(
         "--set",
         dest="overrides",

@@ -14,6 +14,23 @@ if TYPE_CHECKING:
     from hpsearch.checkpoint import Checkpoint
 
 
+def storage_args(p: argparse.ArgumentParser) -> None:
+    """``--storage`` and ``--study-name``, shared by every command that opens a study."""
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
+        "working directory)",
+    )
+    p.add_argument(
+        "--study-name",
+        metavar="NAME",
+        default=None,
+        help="Optuna study name (default: the --study name or the study file's stem)",
+    )
+
+
 def artifacts_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--artifacts",
@@ -34,19 +51,7 @@ def _results_args(p: argparse.ArgumentParser, study_required: bool = True) -> No
         help="the study: its name, or its study file (the Optuna study is named after the "
         "file's stem)",
     )
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        default=None,
-        help="database URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db in the "
-        "working directory)",
-    )
-    p.add_argument(
-        "--study-name",
-        metavar="NAME",
-        default=None,
-        help="Optuna study name (default: the --study name or file stem)",
-    )
+    storage_args(p)
     artifacts_arg(p)
 
 
