@@ -15,8 +15,9 @@ another's threads, caches or allocator state:
 - bounds: the same model trained on one fixed in-memory batch, no input pipeline at all, as the
   seed wrote it and as the engine runs it.
 
-It prints images per second with ratios to the seed pipeline and to the tuned DataLoader (machines
-are noisy: compare ratios within one run), the engine's cache build time and the memory its tensors
+Rows run interleaved for ``--rounds`` rounds and the table shows each row's median. It prints
+images per second with ratios to the seed pipeline and to the tuned DataLoader (machines are
+noisy: compare ratios within one run), the engine's cache build time and the memory its tensors
 hold.
 
     python bench/throughput.py --data ../shared/data/catdog --image-size 64 --steps 150
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -221,6 +223,7 @@ def main() -> None:
     p.add_argument(
         "--rows", default=",".join(ROWS), help="comma-separated subset of " + str(list(ROWS))
     )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians shown")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = p.parse_args()
     if args.row:
@@ -232,17 +235,21 @@ def main() -> None:
         f"seed CNN, batch {BATCH}, {args.image_size}px, {args.steps} steps after {WARMUP} warm-up, "
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    results: dict[str, dict[str, Any]] = {}
-    for row in args.rows.split(","):
+    rows = args.rows.split(",")
+    for row in rows:
         if row not in ROWS:
             sys.exit(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--row", row]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        results[row] = json.loads(out.strip().splitlines()[-1])
-        print(
-            f"  {ROWS[row].format(workers=args.workers)}: {results[row]['rate']:.1f} img/s",
-            flush=True,
-        )
+    runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+    for r in range(args.rounds):  # interleaved, so that slow drifts of the machine hit every row
+        for row in rows:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--row", row]
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            runs[row].append(json.loads(out.strip().splitlines()[-1]))
+            rate = runs[row][-1]["rate"]
+            print(f"  round {r + 1}: {ROWS[row].format(workers=args.workers)}: {rate:.1f} img/s")
+    results = {
+        row: {**rs[0], "rate": statistics.median(x["rate"] for x in rs)} for row, rs in runs.items()
+    }
 
     if "engine" in results:
         e = results["engine"]
