@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from conftest import PG_ADMIN, hpsearch
+from hpsearch.study import mask_secrets
 
 SECRET = "s3cret-Pa55"
 
@@ -78,3 +79,27 @@ def test_study_file_that_is_not_yaml(workdir: Path) -> None:
     assert r.returncode == 2
     assert str(bad) in r.stderr and "not valid YAML" in r.stderr
     _one_line_no_secret(r.stdout, r.stderr)
+
+
+def test_password_in_the_storage_url_is_never_recorded_or_printed(
+    workdir: Path, pg_url: str
+) -> None:
+    # The local server trusts 127.0.0.1, so any password connects: it must still go nowhere.
+    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
+    args = ["run", "--study", "smoke", "--trials", "1", "--storage", url]
+    r = hpsearch(
+        [*args, "--set", "data.max_per_class=40", "--set", "data.val_max_per_class=20"], workdir
+    )
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout + r.stderr
+    assert "postgres:***@" in r.stdout
+    (trial,) = optuna.load_study(study_name="smoke", storage=pg_url).trials
+    assert "postgres:***@" in trial.user_attrs["command"]
+    assert SECRET not in repr(trial.user_attrs) + repr(trial.system_attrs)
+
+
+def test_mask_secrets_masks_every_url_password() -> None:
+    text = "run --storage postgresql://u:p@ss@h:5432/db --x https://a:b@c/ sqlite:///x.db"
+    assert mask_secrets(text) == (
+        "run --storage postgresql://u:***@h:5432/db --x https://a:***@c/ sqlite:///x.db"
+    )

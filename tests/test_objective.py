@@ -119,6 +119,9 @@ def test_out_of_host_memory_fails_the_trial_and_steers_the_search(data: DeviceDa
             parse_set("train.epochs=1"),
             parse_set("search.enqueue_baseline=false"),
             parse_set("search.space.n_blocks=1"),
+            parse_set("search.space.kernel_size=3"),  # size depends on channels and dense only
+            parse_set("search.space.residual=false"),
+            parse_set("search.space.batch_norm=false"),
             parse_set("search.space.channels=[8, 4096]"),
             parse_set("search.space.dense_units=[16, 65536]"),
             parse_set("search.space.batch_size=[16, 32]"),

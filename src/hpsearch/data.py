@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,12 @@ def _build(
     try:
         torch.save(blob, tmp)
         os.replace(tmp, path)  # readers never see a half-written cache
+    except RuntimeError as e:  # torch's zip writer reports a full disk this way, not as OSError
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(
+            f"writing {tmp.name} failed with {free / 2**20:.1f} MiB free on that disk "
+            f"(is it full?): {(str(e).splitlines() or [''])[0][:120]}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size

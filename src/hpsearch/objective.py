@@ -30,6 +30,7 @@ from hpsearch.space import (
     to_trial_spec,
     trial_seed,
 )
+from hpsearch.study import mask_secrets
 from hpsearch.train import EpochMetrics, NonFiniteLoss, fit
 
 
@@ -120,7 +121,7 @@ def make_objective(
         "device": device_name(data.device),
         "versions": versions(),
         "config": cfg.to_dict(),
-        "command": " ".join(sys.argv[1:])[:500],
+        "command": mask_secrets(" ".join(sys.argv[1:]))[:500],
         "worker": f"{platform.node()}:{os.getpid()}",
     }
 

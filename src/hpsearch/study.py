@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +53,14 @@ def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
             path = Path(db).expanduser().resolve()
             return path.with_name(f"{path.stem}-artifacts")
     return Path("hpsearch-artifacts").resolve()
+
+
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^\s/]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (command lines)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def mask_url(url: str) -> str:

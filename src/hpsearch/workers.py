@@ -173,15 +173,18 @@ def run_until_budget(
                     return objective(trial)
 
                 backend = getattr(study._storage, "_backend", study._storage)
-                if isinstance(backend, ResilientRDBStorage):
+                hooked = backend if isinstance(backend, ResilientRDBStorage) else None
+                early = grid_check is None and hooked is not None
+                if early and hooked is not None:
                     # Release as soon as the new trial is committed, before its parameters are
                     # sampled (a WAITING trial Optuna pops instead is released in ``claimed``).
-                    backend.on_trial_created = release
+                    # Not with a grid: the grid check must see the running trials' points.
+                    hooked.on_trial_created = release
                 try:
                     study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
                 finally:
-                    if isinstance(backend, ResilientRDBStorage):
-                        backend.on_trial_created = None
+                    if early and hooked is not None:
+                        hooked.on_trial_created = None
                 continue
         finally:
             if held:
