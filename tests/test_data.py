@@ -110,3 +110,29 @@ def test_bad_layouts_are_data_errors(folder: Path, damage: object, needle: str) 
 def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_data(cfg(tmp_path / "nowhere"), torch.device("cpu"))
+
+
+def test_odd_but_readable_images_are_converted_and_the_rest_skipped(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image
+
+    cats = folder / "train" / "cat"
+    photo = Image.open(next(cats.glob("*.jpg")))
+    photo.convert("L").save(cats / "gray.jpg")  # grayscale JPEG
+    photo.convert("CMYK").save(cats / "cmyk.jpg")  # CMYK JPEG
+    photo.convert("RGBA").save(cats / "alpha.png")  # PNG with transparency
+    photo.convert("P").save(cats / "palette.gif")  # palette GIF
+    photo.resize((6000, 4500)).save(cats / "huge.jpg", quality=70)  # 27 megapixels
+    (cats / "empty.jpg").write_bytes(b"")  # zero bytes
+    (cats / "truncated.jpg").write_bytes((cats / "huge.jpg").read_bytes()[:2000])
+    with caplog.at_level(logging.WARNING):
+        s = load_split(cfg(folder), "train")
+    assert len(s) == 24 + 5  # every convertible file is in, as 32x32 RGB
+    assert s.images.shape[1:] == (32, 32, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "skipped 2 unreadable file(s)" in warnings[0]
+    assert "cat/empty.jpg" in warnings[0] and "cat/truncated.jpg" in warnings[0]
+    gray = s.images[list(s.files).index("cat/gray.jpg")].float()
+    assert torch.equal(gray[..., 0], gray[..., 1])  # grey stays grey after conversion

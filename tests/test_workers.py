@@ -205,3 +205,35 @@ def test_claim_lock_excludes_other_processes(workdir: Path, pg_url: str) -> None
         lock.release()
         assert other.execute(probe, (lock.key,)).fetchone() == (True,)
         other.execute("SELECT pg_advisory_unlock(%s)", (lock.key,))
+
+
+def test_ctrl_c_on_the_launcher_stops_every_worker_and_the_study_resumes(
+    workdir: Path, pg_url: str
+) -> None:
+    args = ["run", "--study", "smoke", "--workers", "2", "--storage", pg_url, *TINY]
+    proc = popen([*args, "--trials", "6", "--set", "train.epochs=40"], workdir)
+    assert proc.stdout is not None
+    pids: list[int] = []
+    for line in proc.stdout:
+        m = re.match(r"\[w\d\] started pid (\d+)", line)
+        if m:
+            pids.append(int(m[1]))
+        if "epoch 2/40" in line:  # both workers are mid-trial by now or about to be
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15  # every process is gone within the grace period
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    assert TrialState.RUNNING not in states(study)
+    assert TrialState.FAIL in states(study)  # the interrupted trials, marked failed
+    # The same command (a smaller budget, so the test stays short) continues the study.
+    r = hpsearch([*args, "--trials", "2", "--set", "train.epochs=1"], workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = optuna.load_study(study_name="smoke", storage=pg_url)
+    assert finished(study) == 2 and TrialState.RUNNING not in states(study)
