@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hpsearch.config import ConfigError, StudyConfig, load_study, parse_set
@@ -93,6 +93,7 @@ set_items = st.one_of(
     text=st.text(max_size=60),
     sets=st.lists(set_items, max_size=3),
 )
+@example(doc={"data": {"image_size": 32}, "\n": 1}, raw=False, text="", sets=[])  # found by CI
 def test_loader_accepts_or_raises_config_error(
     tmp_path: Path, doc: object, raw: bool, text: str, sets: list[str]
 ) -> None:

@@ -210,7 +210,13 @@ def load_study(study: str, overrides: Sequence[Override] = ()) -> StudyConfig:
             ),
             str(path),
         )
-        raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
+        raise ConfigError(_one_line(f"{where}: {e.key}: {e.msg}")) from None
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a key or value holding a newline) escaped, so a message stays one
+    line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def config_from_dict(doc: Mapping[str, Any], origin: str) -> StudyConfig:
@@ -219,7 +225,7 @@ def config_from_dict(doc: Mapping[str, Any], origin: str) -> StudyConfig:
     try:
         return _validate(doc, Path(origin), True)
     except _Invalid as e:
-        raise ConfigError(f"{origin}: {e.key}: {e.msg}") from None
+        raise ConfigError(_one_line(f"{origin}: {e.key}: {e.msg}")) from None
 
 
 def _apply(doc: dict[str, Any], o: Override) -> None:

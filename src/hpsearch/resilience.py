@@ -89,6 +89,11 @@ _RETRIED = (
     "get_n_trials",
     "get_best_trial",
     "record_heartbeat",
+    # Optuna's cache layer (the storage a study really talks to) calls these private methods
+    # of the RDB storage instead of the public ones above.
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
     "_get_stale_trial_ids",
 )
 
