@@ -170,7 +170,10 @@ def _auto_per_gpu(args: argparse.Namespace) -> Callable[[str], int]:
     def decide(gpu: str) -> int:
         from hpsearch.gpu_plan import probe, trials_per_gpu
 
-        print(f"measuring one trial of {args.study} on GPU {gpu} to pick --trials-per-gpu...")
+        print(
+            f"measuring one trial of {args.study} on GPU {gpu} to pick --trials-per-gpu...",
+            flush=True,
+        )
         try:
             k, why = trials_per_gpu(probe([args.study, *args.overrides], gpu))
         except HpsearchError as e:

@@ -172,18 +172,19 @@ def run_until_budget(
                     release()
                     return objective(trial)
 
+                # Release as soon as the new trial is committed, before its parameters are
+                # sampled (a WAITING trial Optuna pops instead is released in ``claimed``).
+                # Not with a grid: the grid check must see the running trials' points.
                 backend = getattr(study._storage, "_backend", study._storage)
                 hooked = backend if isinstance(backend, ResilientRDBStorage) else None
-                early = grid_check is None and hooked is not None
-                if early and hooked is not None:
-                    # Release as soon as the new trial is committed, before its parameters are
-                    # sampled (a WAITING trial Optuna pops instead is released in ``claimed``).
-                    # Not with a grid: the grid check must see the running trials' points.
+                if grid_check is not None:
+                    hooked = None
+                if hooked is not None:
                     hooked.on_trial_created = release
                 try:
                     study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
                 finally:
-                    if early and hooked is not None:
+                    if hooked is not None:
                         hooked.on_trial_created = None
                 continue
         finally:
