@@ -54,11 +54,12 @@ def worker(args: Any, model: str, k: int, start: Any, out: Any) -> None:
     device = resolve_device(args.device)
     data = load_data(DataConfig(args.data.resolve(), args.image_size, None, None), device)
     spec = MODELS[model]
-    n = min(args.steps * spec.batch_size, len(data.train_labels))
+    n = args.steps * spec.batch_size
+    idx = torch.arange(n, device=device) % len(data.train_labels)  # a small set repeats
     sub = replace(
         data,
-        train_images=data.train_images[:n],
-        train_labels=data.train_labels[:n],
+        train_images=data.train_images[idx],
+        train_labels=data.train_labels[idx],
         val_images=data.val_images[:64],
         val_labels=data.val_labels[:64],
     )

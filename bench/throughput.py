@@ -166,7 +166,8 @@ def engine_rate(root: Path, size: int, steps: int, device: torch.device) -> dict
     )
     n = steps * BATCH
     gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(data.train_labels), generator=gen)[:n].to(device)
+    m = len(data.train_labels)  # a small data set (the GPU kit's subset) repeats in memory
+    idx = torch.cat([torch.randperm(m, generator=gen) for _ in range(-(-n // m))])[:n].to(device)
     sub = replace(
         data,
         train_images=data.train_images[idx],

@@ -73,14 +73,15 @@ def argv(line: str) -> list[str]:
     return shlex.split(line)
 
 
-def popen(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
-    """Start the real CLI in the background, stdout and stderr merged, unbuffered."""
+def popen(args: Sequence[str], cwd: Path, *, merge_stderr: bool = True) -> subprocess.Popen[str]:
+    """Start the real CLI in the background, unbuffered; stderr merged into stdout unless a
+    test must read hpsearch's one stderr line on its own."""
     return subprocess.Popen(
         [sys.executable, "-m", "hpsearch.cli", *args],
         cwd=cwd,
         text=True,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"},
     )
 

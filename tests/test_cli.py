@@ -163,8 +163,11 @@ def test_catdog_starts_from_the_seed_baseline(workdir: Path) -> None:
         workdir,
     )
     assert r.returncode == 0, r.stderr
-    (t0,) = load(workdir, "catdog").trials
+    t0, *rest = load(workdir, "catdog").trials
     assert t0.number == 0 and t0.user_attrs["baseline"] is True
+    assert t0.state == optuna.trial.TrialState.COMPLETE
+    # catdog's near-baseline start-up trials wait for the next run
+    assert all(t.state == optuna.trial.TrialState.WAITING for t in rest)
     assert t0.params["lr"] == 1e-3 and t0.params["channels_b3"] == 128
 
 

@@ -16,8 +16,8 @@ def compose() -> dict[str, Any]:
     return doc
 
 
-def test_three_services() -> None:
-    assert set(compose()["services"]) == {"postgres", "dashboard", "worker"}
+def test_four_services() -> None:
+    assert set(compose()["services"]) == {"postgres", "dashboard", "serve", "worker"}
 
 
 def test_postgres_has_a_named_volume_and_a_healthcheck() -> None:
@@ -39,6 +39,21 @@ def test_dashboard_is_published_on_localhost_only() -> None:
     worker = compose()["services"]["worker"]
     assert dash["environment"]["HPSEARCH_ARTIFACTS"] == worker["environment"]["HPSEARCH_ARTIFACTS"]
     assert dash["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_serve_is_beside_the_dashboard_on_localhost_with_the_checkpoints() -> None:
+    doc = compose()
+    serve, dash = doc["services"]["serve"], doc["services"]["dashboard"]
+    assert serve["build"] == dash["build"] and serve["command"][0] == "serve"
+    assert "--study" in serve["command"] and "entrypoint" not in serve
+    assert serve["environment"] == dash["environment"]  # same database, same checkpoints
+    assert serve["volumes"] == dash["volumes"] == ["artifacts:/artifacts:ro"]
+    assert not any("postgres" in str(part) for part in serve["command"])  # no password on it
+    assert all(p.startswith("127.0.0.1:") for p in serve["ports"])
+    port = serve["command"][serve["command"].index("--port") + 1]
+    assert serve["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/health" in " ".join(serve["healthcheck"]["test"])
+    assert serve["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_worker_reserves_a_gpu_mounts_data_read_only_and_reads_storage_from_env() -> None:

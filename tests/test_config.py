@@ -6,7 +6,7 @@ import pytest
 
 from hpsearch.config import load_study, parse_set
 from hpsearch.errors import ConfigError
-from hpsearch.space import Choice, FloatRange, IntRange
+from hpsearch.space import Choice, FloatRange, IntRange, PerOptimizer
 
 SMOKE_YAML = (Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml").read_text()
 
@@ -22,7 +22,13 @@ def test_catdog_and_smoke_load() -> None:
     assert cat.name == "catdog"
     assert cat.search.enqueue_baseline
     assert cat.search.sampler.name == "tpe"
-    assert isinstance(cat.search.space["lr"], FloatRange) and cat.search.space["lr"].log
+    lr = cat.search.space["lr"]
+    assert isinstance(lr, PerOptimizer)  # one log range per optimizer the space can draw
+    assert {o for o, _ in lr.cases} == {"sgd", "adam", "adamw", "rmsprop"}
+    assert all(isinstance(c, FloatRange) and c.log for _, c in lr.cases)
+    assert lr.spec_for("sgd").low > lr.spec_for("adam").low  # type: ignore[union-attr]
+    assert cat.search.space["head"] == Choice(("flatten", "gap"))
+    assert cat.search.near_baseline == 0  # measured no better than random start-up trials
     assert isinstance(cat.search.space["n_blocks"], IntRange)
     assert cat.search.space["kernel_size"] == Choice((3, 5, 7))
     smoke = load_study("smoke")
@@ -167,3 +173,55 @@ def test_unknown_study_lists_known() -> None:
 
 def test_smoke_yaml_is_what_the_tests_assume() -> None:
     assert "max_per_class: 300" in SMOKE_YAML
+
+
+PER_OPT = """
+search:
+  enqueue_baseline: true
+  space:
+    optimizer: [sgd, adam]
+    lr:
+      sgd: {low: 1e-2, high: 1e-1, log: true}
+      adam: {low: 1e-4, high: 3e-3, log: true}
+"""
+
+
+def test_per_optimizer_range_loads(tmp_path: Path) -> None:
+    cfg = load_study(str(write(tmp_path, PER_OPT)))
+    lr = cfg.search.space["lr"]
+    assert isinstance(lr, PerOptimizer)
+    assert lr.spec_for("sgd") == FloatRange(1e-2, 1e-1, True)
+    assert lr.spec_for("adam") == FloatRange(1e-4, 3e-3, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # an optimizer the space can draw has no range
+        (
+            PER_OPT.replace("optimizer: [sgd, adam]", "optimizer: [sgd, adam, rmsprop]"),
+            "search.space.lr: no range for optimizer rmsprop",
+        ),
+        # a key that is not an optimizer
+        (PER_OPT.replace("sgd: {low", "sdg: {low"), "search.space.lr.sdg: not an optimizer"),
+        # a per-optimizer case is validated like any range
+        (PER_OPT.replace("high: 1e-1, log", "high: 1e-3, log"), "search.space.lr.sgd: empty range"),
+        # the seed baseline (adam, lr 1e-3) must lie in adam's range, not just in any range
+        (
+            PER_OPT.replace("adam: {low: 1e-4, high: 3e-3", "adam: {low: 2e-3, high: 3e-3"),
+            "the seed baseline's lr=0.001 is outside this range",
+        ),
+        # only the optimizer's own families may depend on it
+        ("search:\n  space:\n    dropout: {sgd: 0.1, adam: 0.2}\n", "search.space.dropout"),
+    ],
+)
+def test_per_optimizer_range_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_study(str(write(tmp_path, text)))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_near_baseline_must_be_a_count(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"search\.near_baseline"):
+        load_study(str(write(tmp_path, "search:\n  near_baseline: -1\n")))

@@ -52,3 +52,16 @@ def test_seed_baseline_parameter_count() -> None:
 def test_too_many_blocks_is_refused() -> None:
     with pytest.raises(ValueError, match="no pixels"):
         build_model(arch(6, 3), 2, 32)
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+@pytest.mark.parametrize("bn", [True, False])
+def test_gap_head_is_independent_of_the_image_size(image_size: int, bn: bool) -> None:
+    a = arch(3, 3, head="gap", batch_norm=bn)
+    model = build_model(a, num_classes=2, image_size=image_size)
+    assert param_count(a, 2, image_size) == count_params(model)
+    assert count_params(model) == count_params(build_model(a, 2, 32))
+    flat = build_model(arch(3, 3, batch_norm=bn), 2, image_size)
+    assert count_params(flat) > count_params(model)  # flatten feeds C x S x S values
+    x = torch.randn(2, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    assert model(x).shape == (2, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -41,7 +42,8 @@ def test_status(smoke_study: Path) -> None:
     assert lines[1] == "trials: 3 complete, 0 pruned, 0 fail, 0 running, 0 waiting"
     assert lines[2] == f"best: val_accuracy {best.value:.4f} in trial {best.number}"
     assert lines[3].startswith("rate: ") and "finished trials per hour" in lines[3]
-    assert lines[4] == "budget: 3 of 3 trials finished; done"
+    assert re.fullmatch(r"time: [\d.]+ (s|min) spent searching \(while any trial ran\)", lines[4])
+    assert lines[5] == "budget: 3 of 3 trials finished; done"
 
 
 def test_best_prints_yaml_with_its_checkpoint(smoke_study: Path) -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -9,22 +12,29 @@ from hpsearch.space import (
     FAMILIES,
     Choice,
     Fixed,
+    FloatRange,
+    PerOptimizer,
     Recorder,
     baseline_params,
     baseline_value,
     contains,
+    near_baseline_params,
     sample_values,
     split_block_name,
     to_trial_spec,
 )
+from hpsearch.study import make_sampler, open_storage, open_study
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
 def test_every_named_parameter_within_its_range(sampler: str) -> None:
     cfg = load_study("catdog", [parse_set(f"search.sampler={sampler}")])
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    # the sampler the study file names, as hpsearch builds it; trials are told a value so that
+    # TPE leaves its random start-up phase and samples from its model for most of them
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg, 0))
+    assert type(study.sampler).__name__.lower().startswith(sampler)
     seen_blocks: set[int] = set()
-    for _ in range(40):
+    for k in range(40):
         trial = study.ask()
         values = sample_values(cfg.search, trial_source(trial))
         n = values["n_blocks"]
@@ -35,11 +45,12 @@ def test_every_named_parameter_within_its_range(sampler: str) -> None:
         assert set(trial.params) == expected
         for name, value in trial.params.items():
             block = split_block_name(name)
-            assert contains(cfg.search.space[block[0] if block else name], value), name
+            spec_ = cfg.search.space[block[0] if block else name]
+            assert contains(spec_, value, str(trial.params["optimizer"])), name
         spec = to_trial_spec(values, cfg, seed=7)
         assert spec.arch.n_blocks == n == len(spec.arch.kernel_sizes)
         assert spec.optim.momentum == 0.9
-        study.tell(trial, 0.5)
+        study.tell(trial, (k * 37 % 40) / 40)  # varied values: TPE's model has a ranking
     assert seen_blocks == {3, 4, 5}
 
 
@@ -70,3 +81,62 @@ def test_grid_mode_asks_only_grid_parameters() -> None:
 def test_contains() -> None:
     assert contains(Fixed(3), 3) and not contains(Fixed(3), 3.0)
     assert contains(Choice((True, False)), True) and not contains(Choice((1, 2)), True)
+
+
+def test_per_optimizer_lr_is_drawn_from_the_optimizers_range() -> None:
+    cfg = load_study("catdog")
+    lr_spec = cfg.search.space["lr"]
+    assert isinstance(lr_spec, PerOptimizer)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    seen: dict[str, list[float]] = {}
+    for _ in range(60):
+        trial = study.ask()
+        values = sample_values(cfg.search, trial_source(trial))
+        seen.setdefault(values["optimizer"], []).append(values["lr"])
+        case = lr_spec.spec_for(values["optimizer"])
+        assert isinstance(case, FloatRange)
+        assert case.low <= values["lr"] <= case.high
+    assert set(seen) == {"sgd", "adam", "adamw", "rmsprop"}
+    # the ranges differ, so the draws do: SGD's rates sit well above RMSprop's
+    assert min(seen["sgd"]) > max(seen["rmsprop"])
+
+
+def test_near_baseline_keeps_whole_units() -> None:
+    cfg = load_study("catdog")
+    base = baseline_params(cfg.search)
+    rng = random.Random(0)
+    sizes = []
+    for _ in range(50):
+        kept = near_baseline_params(cfg.search, rng)
+        assert all(base[k] == v for k, v in kept.items())  # only the baseline's own values
+        # units are kept whole: the optimizer with its rates, every block of a family
+        assert ("optimizer" in kept) == ("lr" in kept) == ("weight_decay" in kept)
+        assert ("lr_decay_step" in kept) == ("lr_decay_gamma" in kept)
+        assert len({k for k in kept if k.startswith("channels_b")}) in (0, 3)
+        sizes.append(len(kept))
+    # about half of it on average; never the baseline again, never a plain random draw
+    assert 0 < min(sizes) < max(sizes) < len(base)
+    assert 0.3 * len(base) < sum(sizes) / len(sizes) < 0.7 * len(base)
+
+
+def test_new_study_enqueues_baseline_then_near_baseline(tmp_path: Path) -> None:
+    cfg = load_study("catdog", [parse_set("search.near_baseline=4")])
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(cfg, storage, "catdog")
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 + cfg.search.near_baseline
+    assert waiting[0].user_attrs == {"baseline": True}
+    fixed = [t.system_attrs["fixed_params"] for t in waiting]  # what enqueue_trial stored
+    base = baseline_params(cfg.search)
+    assert fixed[0] == base
+    for t, params in zip(waiting[1:], fixed[1:], strict=True):
+        assert t.user_attrs == {"near_baseline": True}
+        assert 0 < len(params) < len(base) and all(base[k] == v for k, v in params.items())
+    # a near-baseline trial asks the sampler for the rest, within the space
+    open_study(cfg, storage, "catdog")  # resuming enqueues nothing more
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == len(waiting)
+    study.ask()
+    trial = study.ask()
+    values = sample_values(cfg.search, trial_source(trial))
+    assert {k: trial.params[k] for k in fixed[1]} == fixed[1]
+    assert values["n_blocks"] == len(values["channels"])

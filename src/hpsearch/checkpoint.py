@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,9 +200,13 @@ class Checkpoint:
         return net.eval()
 
 
-def load_checkpoint(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Checkpoint:
-    """Load and verify ``trial``'s checkpoint (``weights_only=True``)."""
-    path = checkpoint_path(trial, store_dir, keep_hint)
+def load_checkpoint(
+    trial: FrozenTrial, store_dir: Path, keep_hint: str = "", path: Path | None = None
+) -> Checkpoint:
+    """Load and verify ``trial``'s checkpoint (``weights_only=True``): the one its ``checkpoint``
+    attribute names, or the file ``path`` (e.g. the confirmed winner's)."""
+    if path is None:
+        path = checkpoint_path(trial, store_dir, keep_hint)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not a checkpoint"
@@ -214,14 +219,20 @@ def load_checkpoint(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") ->
             f"checkpoint {path} records trial {blob['trial']}, not trial {trial.number} "
             "with its parameters; refusing to load it"
         )
+    return checkpoint_from_blob(blob, path)
+
+
+def checkpoint_from_blob(blob: Mapping[str, Any], path: Path) -> Checkpoint:
+    """A :class:`Checkpoint` from what :func:`checkpoint_blob` makes, after checking that its
+    recorded architecture is the one its parameters build."""
     cfg = config_from_dict(json.loads(blob["config"]), f"checkpoint {path}")
     values = sample_values(cfg.search, params_source(blob["params"], f"checkpoint {path}"))
     expected = to_trial_spec(values, cfg, 0).arch
     recorded = ArchSpec(**{k: _tuple(v) for k, v in blob["arch"].items()})
     if recorded != expected:
         raise CheckpointError(
-            f"checkpoint {path} records architecture {_short(recorded)} but trial {trial.number}'s "
-            f"parameters build {_short(expected)}; refusing to load it"
+            f"checkpoint {path} records architecture {_short(recorded)} but trial "
+            f"{blob['trial']}'s parameters build {_short(expected)}; refusing to load it"
         )
     return Checkpoint(
         study=str(blob["study"]),
@@ -235,6 +246,31 @@ def load_checkpoint(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") ->
         state_dict=dict(blob["state_dict"]),
         path=path,
     )
+
+
+def save_blob(store_dir: Path, blob: Mapping[str, Any], name: str) -> str:
+    """Write a checkpoint into the artifact store (atomically) without attaching it to a trial
+    (``hpsearch confirm`` keeps the models of finished trials this way); returns its artifact
+    id. An unwritable store is a CheckpointError."""
+    store = AtomicArtifactStore(store_dir)
+    artifact_id = str(uuid.uuid4())
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=store_dir) as tmp:
+            path = Path(tmp) / name
+            torch.save(dict(blob), path)
+            with open(path, "rb") as f:
+                store.write(artifact_id, f)
+    except (OSError, RuntimeError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
+        raise CheckpointError(f"checkpoint not saved in {store_dir}: {detail[:300]}") from None
+    return artifact_id
+
+
+def remove_artifact(store_dir: Path, artifact_id: str) -> None:
+    """Remove a stored checkpoint; one already gone is not an error."""
+    with contextlib.suppress(ArtifactNotFound, OSError, CheckpointError):
+        AtomicArtifactStore(store_dir).remove(artifact_id)
 
 
 def _tuple(v: Any) -> Any:

@@ -6,16 +6,19 @@ import argparse
 import json
 import logging
 import os
-import signal
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from hpsearch import stopping
 from hpsearch.cli_results import add_results_commands, artifacts_arg, storage_args
+from hpsearch.cli_serve import add_serve_command
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
 from hpsearch.errors import ConfigError, HpsearchError, StorageError
+from hpsearch.stopping import Terminated
 
 if TYPE_CHECKING:
     import optuna
@@ -155,8 +158,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seed baseline, the study's best trial, or a trial number",
     )
     train.set_defaults(func=cmd_train)
+    _confirm_parser(sub)
     add_results_commands(sub)
+    add_serve_command(sub)
     return parser
+
+
+def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    confirm = sub.add_parser(
+        "confirm",
+        help="retrain the K best trials with N new seeds; the winner is the best mean",
+        description="Retrain each of the K best completed trials N more times with new seeds "
+        "and its full epochs, record mean and std of validation (and --data test) accuracy "
+        "in the study, and keep the winner's checkpoint (use it with --confirmed). Running "
+        "it again resumes: recorded runs are not repeated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    confirm.add_argument(
+        "--study",
+        required=True,
+        metavar="NAME|PATH",
+        help="the study: its name, or its study file (trials are retrained with the "
+        "configuration each recorded)",
+    )
+    storage_args(confirm)
+    artifacts_arg(confirm)
+    confirm.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the trials' recorded configuration, e.g. --set "
+        "train.device=cuda or --set data.root=DIR (repeatable)",
+    )
+    confirm.add_argument(
+        "--top", type=_positive_int, default=3, metavar="K", help="how many best trials"
+    )
+    confirm.add_argument(
+        "--seeds", type=_positive_int, default=3, metavar="N", help="new seeds per trial"
+    )
+    confirm.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="a test ImageFolder directory (DIR/<class>/<image> or DIR/val/<class>/<image>) "
+        "with the study's classes: each retrained model's accuracy on it is recorded too",
+    )
+    confirm.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes taking (trial, seed) runs (default: one per GPU, or 1 in this "
+        "process)",
+    )
+    confirm.add_argument(
+        "--gpus", default=None, metavar="0,1,...", help="GPUs to use (default: all visible)"
+    )
+    confirm.add_argument(
+        "--trials-per-gpu",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="worker processes per GPU (default: 1)",
+    )
+    confirm.add_argument("--worker-trials", default=None, help=argparse.SUPPRESS)
+    confirm.set_defaults(func=_cmd_confirm)
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from hpsearch.confirm import cmd_confirm
+
+    return cmd_confirm(args)
 
 
 def _load(args: argparse.Namespace, extra: Sequence[Override] = ()) -> StudyConfig:
@@ -302,12 +376,26 @@ def _work(
 ) -> None:
     """Run this process's share of the budget, printing progress."""
     from hpsearch.objective import TrialOutOfMemory, make_objective
-    from hpsearch.progress import Progress
+    from hpsearch.progress import Progress, RunSize
     from hpsearch.study import grid_check
     from hpsearch.workers import claim_lock, run_until_budget
 
-    progress = Progress(total, offset)
+    workers = os.environ.get("HPSEARCH_WORKERS", "1")
+    wid = os.environ.get("HPSEARCH_WORKER_ID", "0")
+    size = RunSize(
+        data.image_size,
+        cfg.train.epochs,
+        len(data.train_labels) // max(len(data.classes), 1),
+        2 ** _most_blocks(cfg),
+    )
+    progress = Progress(
+        total,
+        offset,
+        workers=int(workers) if workers.isdigit() else 1,
+        size=size if wid == "0" else None,  # one worker says it, not every one
+    )
     progress.seed_best(study)
+    progress.seed_time(study)
     reason = run_until_budget(
         study,
         make_objective(cfg, data, progress.epoch, artifacts),
@@ -316,9 +404,24 @@ def _work(
         catch=(TrialOutOfMemory,),
         poll_seconds=min(5.0, float(heartbeat)),
         grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
+        on_requeue=progress.requeued,
     )
     if reason == "grid exhausted":
         print("the grid is exhausted: every point has a finished trial", flush=True)
+
+
+def _most_blocks(cfg: StudyConfig) -> int:
+    """The most conv blocks the search space allows (each halves the image)."""
+    from hpsearch.space import BASELINE, Choice, Fixed, FloatRange, IntRange
+
+    spec = cfg.search.space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
+    if isinstance(spec, Fixed):
+        return int(spec.value)
+    if isinstance(spec, Choice):
+        return max(int(c) for c in spec.choices)
+    if isinstance(spec, IntRange | FloatRange):
+        return int(spec.high)
+    return int(BASELINE["n_blocks"])
 
 
 def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> int:
@@ -466,35 +569,41 @@ def _stored_trial(
     raise StorageError(f"study {study.study_name!r} has no trial {label}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the running trial is marked failed and we exit."""
+class _QuietInterrupt(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C (or SIGTERM) as two warnings, "Trial N failed with
+    parameters: ... KeyboardInterrupt()" with a traceback and "Trial N failed with value None.".
+    The user asked for the stop and hpsearch says so in one line, so both are dropped; the
+    numbers of the stopped trials are kept for that line."""
 
+    _FAILED = re.compile(r"Trial (\d+) failed with ")
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-class _NoInterruptTraceback(logging.Filter):
-    """Optuna logs a trial stopped by Ctrl-C with a traceback; the user asked for it, so drop it."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[int] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
+        m = self._FAILED.match(record.getMessage())
+        if m is None:
+            return True
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            record.exc_info = None
-        return True
+            self.stopped.append(int(m[1]))
+            return False
+        return int(m[1]) not in self.stopped  # the "failed with value None." line that follows
+
+
+_quiet_interrupt = _QuietInterrupt()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # A shell starts background jobs with SIGINT ignored; a search must still stop on it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stopping.install()
     logging.basicConfig(format="hpsearch: %(levelname)s: %(message)s", level=logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        for handler in logging.getLogger("optuna").handlers:
-            handler.addFilter(_NoInterruptTraceback())
+        # on the logger that writes them, so no handler (Optuna's or the root's) sees them
+        logging.getLogger("optuna.study._optimize").addFilter(_quiet_interrupt)
         code: int = args.func(args)
         return code
     except HpsearchError as e:
@@ -502,7 +611,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"hpsearch: {what}; run the same command again to resume", file=sys.stderr)
+        stopped = _quiet_interrupt.stopped
+        if stopped:
+            which = ", ".join(map(str, stopped))
+            what += (
+                f" during trial {which}; run the same command again to resume (trial {which} "
+                "runs again with the same parameters)"
+            )
+        else:
+            what += "; run the same command again to resume"
+        print(f"hpsearch: {what}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
 
 

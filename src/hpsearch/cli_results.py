@@ -89,6 +89,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "best", help="the best trial: value, parameters (YAML), checkpoint", formatter_class=fmt
     )
     _results_args(best)
+    _confirmed_arg(best)
     best.set_defaults(func=cmd_best)
 
     trials = sub.add_parser(
@@ -152,6 +153,15 @@ def _trial_arg(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="a trial number (default: the best completed trial)",
     )
+    _confirmed_arg(p)
+
+
+def _confirmed_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--confirmed",
+        action="store_true",
+        help="the winner of hpsearch confirm (the best mean over new seeds) and its checkpoint",
+    )
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -168,14 +178,28 @@ def _open(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
     return study, url, artifacts_dir(url, args.artifacts)
 
 
-def _checkpoint(args: argparse.Namespace) -> Checkpoint:
-    """The checkpoint of ``--trial`` (default: the best completed trial)."""
+def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, str]:
+    """The checkpoint of ``--trial`` (default: the best completed trial), or with
+    ``--confirmed`` the confirmed winner's; and how to name it in a message."""
     from hpsearch.checkpoint import load_checkpoint
-    from hpsearch.results import keep_hint, pick_trial
+    from hpsearch.errors import ConfigError
+    from hpsearch.results import confirmed_checkpoint_path, confirmed_trial, keep_hint, pick_trial
 
     study, _, store = _open(args)
+    if args.confirmed:
+        if args.trial is not None:
+            raise ConfigError("--confirmed and --trial: give one of them")
+        trial, c = confirmed_trial(study)
+        ckpt = load_checkpoint(trial, store, path=confirmed_checkpoint_path(c, store))
+        label = (
+            f"confirmed trial {ckpt.trial} (val_accuracy {c['val_accuracy_mean']:.4f} ± "
+            f"{c['val_accuracy_std']:.4f} over {c['n']} seeds; this model, seed {c['seed']}: "
+            f"{ckpt.value:.4f})"
+        )
+        return ckpt, label
     trial = pick_trial(study, args.trial)
-    return load_checkpoint(trial, store, keep_hint(study, store))
+    ckpt = load_checkpoint(trial, store, keep_hint(study, store))
+    return ckpt, f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f})"
 
 
 def _device(name: str) -> torch.device:
@@ -228,7 +252,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch.results import best_text
 
     study, _, store = _open(args)
-    print(best_text(study, store))
+    print(best_text(study, store, confirmed=args.confirmed))
     return 0
 
 
@@ -245,12 +269,12 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from hpsearch.export import export
 
-    ckpt = _checkpoint(args)
+    ckpt, label = _checkpoint(args)
     out = Path(args.output).expanduser()
     export(ckpt, args.format, out)
     s = ckpt.image_size
     print(
-        f"exported trial {ckpt.trial} (val_accuracy {ckpt.value:.4f}) as {args.format} to "
+        f"exported {label} as {args.format} to "
         f"{out}: input float (B, 3, {s}, {s}) RGB in [0, 1], output (B, {len(ckpt.classes)}) "
         f"logits for {', '.join(ckpt.classes)}"
     )
@@ -260,7 +284,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from hpsearch.inference import predict
 
-    ckpt = _checkpoint(args)
+    ckpt, _ = _checkpoint(args)
     for p in predict(ckpt, args.images, _device(args.device)):
         print(f"{p.path}: {p.label} {p.probability:.4f}")
     return 0
@@ -269,9 +293,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hpsearch.inference import evaluate
 
-    ckpt = _checkpoint(args)
+    ckpt, label = _checkpoint(args)
     result = evaluate(ckpt, Path(args.data), _device(args.device))
-    print(f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f} in the search), {ckpt.image_size}px")
+    where = "" if args.confirmed else " in the search"
+    print(f"{label[:-1]}{where}), {ckpt.image_size}px")
     print(result.text())
     return 0
 

@@ -21,11 +21,15 @@ from hpsearch.errors import ConfigError
 from hpsearch.space import (
     BASELINE,
     FAMILIES,
+    OPTIMIZERS,
+    PER_OPTIMIZER,
     Choice,
     Fixed,
     FloatRange,
     IntRange,
     ParamSpec,
+    PerOptimizer,
+    Plain,
     Scalar,
     baseline_params,
     coerce,
@@ -74,6 +78,7 @@ class SearchConfig:
     space: Mapping[str, ParamSpec]  # family -> spec; families left out take the baseline value
     grid: Mapping[str, tuple[Scalar, ...]]  # parameter -> values, for the grid sampler
     keep_checkpoints: int = 3  # checkpoints of the best trials kept as artifacts; 0 = none
+    near_baseline: int = 0  # start-up trials keeping a random half of the baseline's choices
 
 
 @dataclass(frozen=True)
@@ -343,11 +348,21 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         doc,
         "search",
         "",
-        ("sampler", "pruner", "seed", "enqueue_baseline", "space", "grid", "keep_checkpoints"),
+        (
+            "sampler",
+            "pruner",
+            "seed",
+            "enqueue_baseline",
+            "near_baseline",
+            "space",
+            "grid",
+            "keep_checkpoints",
+        ),
     )
     space_raw = _section(s, "space", "search.", tuple(FAMILIES))
     space = {fam: _param_spec(fam, v, f"search.space.{fam}") for fam, v in space_raw.items()}
     _check_blocks(space, image_size)
+    _check_per_optimizer(space)
     sampler = _named(s.get("sampler", "tpe"), "search.sampler", SAMPLERS)
     grid = _grid(s.get("grid"), space, sampler.name == "grid")
     search = SearchConfig(
@@ -358,16 +373,18 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         space=MappingProxyType(space),
         grid=MappingProxyType(grid),
         keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
+        near_baseline=_req_int(s, "near_baseline", "search.near_baseline", 0, 0),
     )
-    if search.enqueue_baseline and sampler.name != "grid":
+    if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
             fam = split_block_name(name)
             spec = space[fam[0] if fam else name]
-            if not contains(spec, value):
+            if not contains(spec, value, str(BASELINE["optimizer"])):
                 raise _Invalid(
                     f"search.space.{fam[0] if fam else name}",
                     f"the seed baseline's {name}={value!r} is outside this range "
-                    "(widen it or set search.enqueue_baseline: false)",
+                    "(widen it, or set search.enqueue_baseline: false and "
+                    "search.near_baseline: 0)",
                 )
 
     resolved = {
@@ -399,6 +416,41 @@ def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
 
 
 def _param_spec(fam: str, raw: Any, key: str) -> ParamSpec:
+    if (
+        fam in PER_OPTIMIZER
+        and isinstance(raw, dict)
+        and raw
+        and not {"low", "high", "choices"} & set(raw)
+    ):
+        cases = []
+        for opt, case in raw.items():
+            if opt not in OPTIMIZERS:
+                raise _Invalid(
+                    f"{key}.{opt}",
+                    f"not an optimizer: a per-optimizer {fam} takes one entry per optimizer "
+                    f"({', '.join(OPTIMIZERS)})",
+                )
+            cases.append((str(opt), _plain_spec(fam, case, f"{key}.{opt}")))
+        return PerOptimizer(tuple(cases))
+    return _plain_spec(fam, raw, key)
+
+
+def _check_per_optimizer(space: Mapping[str, ParamSpec]) -> None:
+    """Every optimizer the space can draw needs its case in each per-optimizer family."""
+    spec = space.get("optimizer", Fixed(BASELINE["optimizer"]))
+    drawn = spec.choices if isinstance(spec, Choice) else (getattr(spec, "value", None),)
+    for fam, s in space.items():
+        if isinstance(s, PerOptimizer):
+            missing = [str(o) for o in drawn if o not in dict(s.cases)]
+            if missing:
+                raise _Invalid(
+                    f"search.space.{fam}",
+                    f"no range for optimizer {', '.join(missing)} (search.space.optimizer "
+                    "can draw it)",
+                )
+
+
+def _plain_spec(fam: str, raw: Any, key: str) -> Plain:
     kind = FAMILIES[fam].kind
 
     def value(v: Any, where: str) -> Scalar:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -98,8 +99,9 @@ def _fingerprint(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -
     return h.hexdigest()[:20]
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image -> ``(size, size, 3)`` uint8 RGB, resized like the validation transform."""
+def decode_image(path: Path | BinaryIO, size: int) -> np.ndarray:
+    """One image (a file, or an open binary stream such as an upload) -> ``(size, size, 3)``
+    uint8 RGB, resized like the validation transform."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (fast)
         rgb = im.convert("RGB")

@@ -68,6 +68,8 @@ def _largest(name: str, spec: ParamSpec) -> int | float | str | bool:
     options = list(spec.choices)
     if family == "optimizer":
         return max(options, key=lambda o: OPTIMIZER_STATE.get(str(o), 0))
+    if family == "head" and "flatten" in options:
+        return "flatten"  # the dense layer sees the whole feature map, not one value per channel
     if all(isinstance(o, bool) for o in options):
         return True in options
     if all(isinstance(o, int | float) and not isinstance(o, bool) for o in options):

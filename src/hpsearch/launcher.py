@@ -65,8 +65,14 @@ def plan_slots(
     return [Slot(i, None, max(1, cores // n)) for i in range(n)]
 
 
-def launch(slots: Sequence[Slot], worker_args: Sequence[str], storage_url: str) -> list[int]:
-    """Run one ``hpsearch worker`` per slot until all exit; returns their exit codes.
+def launch(
+    slots: Sequence[Slot],
+    worker_args: Sequence[str],
+    storage_url: str,
+    command: str = "worker",
+) -> list[int]:
+    """Run one ``hpsearch <command>`` (default ``worker``) per slot until all exit; returns their
+    exit codes.
 
     Ctrl-C (or SIGTERM) here is forwarded once to every worker as SIGINT: each marks its running
     trial failed and exits; any still alive after STOP_GRACE_SECONDS is killed.
@@ -79,6 +85,7 @@ def launch(slots: Sequence[Slot], worker_args: Sequence[str], storage_url: str) 
             **os.environ,
             "HPSEARCH_STORAGE": storage_url,
             "HPSEARCH_WORKER_ID": str(slot.index),
+            "HPSEARCH_WORKERS": str(len(slots)),
             "HPSEARCH_THREADS": str(slot.threads),
             "OMP_NUM_THREADS": str(slot.threads),
             "PYTHONUNBUFFERED": "1",
@@ -86,7 +93,7 @@ def launch(slots: Sequence[Slot], worker_args: Sequence[str], storage_url: str) 
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         p = subprocess.Popen(
-            [sys.executable, "-m", "hpsearch.cli", "worker", *worker_args],
+            [sys.executable, "-m", "hpsearch.cli", command, *worker_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

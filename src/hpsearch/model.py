@@ -47,8 +47,16 @@ def feature_size(arch: ArchSpec, image_size: int) -> int:
     return side
 
 
+def head_inputs(arch: ArchSpec, image_size: int) -> int:
+    """Features entering the dense layer: C x S x S flattened, or C after global average
+    pooling (which keeps the dense layer's size independent of the image size)."""
+    c = arch.channels[-1]
+    return c if arch.head == "gap" else c * feature_size(arch, image_size) ** 2
+
+
 def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequential:
-    """The seed's layout generalised: conv blocks, flatten, dense + activation + dropout, logits."""
+    """The seed's layout generalised: conv blocks, the head (flatten, or global average pooling),
+    dense + activation + dropout, logits."""
     side = feature_size(arch, image_size)
     if side < 1:
         raise ValueError(f"{arch.n_blocks} blocks leave no pixels of a {image_size}px image")
@@ -57,10 +65,12 @@ def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequent
     for c_out, k in zip(arch.channels, arch.kernel_sizes, strict=True):
         blocks.append(ConvBlock(c_in, c_out, k, arch))
         c_in = c_out
+    pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if arch.head == "gap" else []
     return nn.Sequential(
         *blocks,
+        *pool,
         nn.Flatten(),
-        nn.Linear(c_in * side * side, arch.dense_units),
+        nn.Linear(head_inputs(arch, image_size), arch.dense_units),
         _ACTIVATIONS[arch.activation](),
         nn.Dropout(arch.dropout),
         nn.Linear(arch.dense_units, num_classes),
@@ -80,5 +90,5 @@ def param_count(arch: ArchSpec, num_classes: int, image_size: int) -> int:
         if arch.residual and c_in != c_out:
             total += c_in * c_out
         c_in = c_out
-    flat = c_in * feature_size(arch, image_size) ** 2
+    flat = head_inputs(arch, image_size)
     return total + (flat + 1) * arch.dense_units + (arch.dense_units + 1) * num_classes

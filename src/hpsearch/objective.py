@@ -23,13 +23,14 @@ from hpsearch.space import (
     Choice,
     FloatRange,
     IntRange,
-    ParamSpec,
+    Plain,
     Scalar,
     Source,
     sample_values,
     to_trial_spec,
     trial_seed,
 )
+from hpsearch.stopping import raise_if_pending
 from hpsearch.study import mask_secrets
 from hpsearch.train import EpochMetrics, NonFiniteLoss, fit
 
@@ -68,7 +69,7 @@ def predicted_oom(
 def trial_source(trial: optuna.Trial) -> Source:
     """Ask an Optuna trial for each searched parameter."""
 
-    def source(name: str, spec: ParamSpec) -> Scalar:
+    def source(name: str, spec: Plain) -> Scalar:
         if isinstance(spec, IntRange):
             return trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
         if isinstance(spec, FloatRange):
@@ -126,8 +127,16 @@ def make_objective(
     }
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run(trial)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trial is re-run on resume
+            trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
+            raise
+
+    def run(trial: optuna.Trial) -> float:
         values = sample_values(cfg.search, trial_source(trial))
-        seed = trial_seed(cfg.search.seed, trial.number)
+        # a re-run (of an interrupted trial, or a heartbeat retry) carries its original's seed
+        seed = int(trial.user_attrs.get("seed", trial_seed(cfg.search.seed, trial.number)))
         spec = to_trial_spec(values, cfg, seed)
         n_params = param_count(spec.arch, len(data.classes), data.image_size)
         trial.set_user_attr("seed", seed)
@@ -165,6 +174,7 @@ def make_objective(
             trial.set_user_attr("val_loss", m.val_loss)
             if on_epoch is not None:
                 on_epoch(trial, m)
+            raise_if_pending()  # a Ctrl-C that landed in one of the writes above
             if m.epoch < m.epochs and trial.should_prune():  # a finished trial completes
                 reason = f"pruned by the {cfg.search.pruner.name} pruner after epoch {m.epoch}"
                 trial.set_user_attr("pruned_reason", reason)
@@ -175,9 +185,6 @@ def make_objective(
         except NonFiniteLoss as e:
             trial.set_user_attr("pruned_reason", str(e))
             raise optuna.TrialPruned(str(e)) from None
-        except KeyboardInterrupt as e:
-            trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
-            raise
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise

@@ -1,31 +1,164 @@
-"""What the terminal shows while a search runs: one line per epoch and per finished trial."""
+"""What the terminal shows while a search runs: one line per epoch and per finished trial, with
+the time spent and an estimate of the time left for the budget."""
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import TextIO
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, TextIO
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.train import EpochMetrics
+if TYPE_CHECKING:  # no torch import: hpsearch status uses the estimates below
+    from hpsearch.train import EpochMetrics
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LONG_RUN_SECONDS = 12 * 3600  # an estimate above this gets one line on how to shrink the run
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``7.5 min``, ``3.2 h`` or ``2.5 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 72 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def mean_trial_seconds(trials: Sequence[FrozenTrial]) -> float | None:
+    """Mean wall time of the finished (COMPLETE or PRUNED) trials, or None before the first."""
+    spans = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.state in FINISHED and t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    return sum(spans) / len(spans) if spans else None
+
+
+def search_seconds(trials: Sequence[FrozenTrial], now: datetime | None = None) -> float:
+    """Wall time during which at least one trial was running: the union of the trials'
+    start-to-end intervals (a running trial up to ``now``), so the gaps between runs do not
+    count and parallel trials count once."""
+    now = now or datetime.now()
+    spans = sorted(
+        (t.datetime_start, t.datetime_complete or now)
+        for t in trials
+        if t.datetime_start is not None
+    )
+    total = 0.0
+    start: datetime | None = None
+    end: datetime | None = None
+    for a, b in spans:
+        if end is None or a > end:
+            if start is not None and end is not None:
+                total += (end - start).total_seconds()
+            start, end = a, b
+        elif b > end:
+            end = b
+    if start is not None and end is not None:
+        total += (end - start).total_seconds()
+    return total
+
+
+def time_left(trials_left: int, per_trial: float, workers: int) -> float:
+    """Seconds for ``trials_left`` more trials of ``per_trial`` seconds on ``workers`` workers."""
+    return max(trials_left, 0) * per_trial / max(workers, 1)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What the study trains, for the hint that shrinks a run too long for this machine."""
+
+    image_size: int
+    epochs: int
+    per_class: int  # training images per class
+    min_image_size: int = 16  # the smallest size the study's deepest network allows
+
+
+def shrink_hint(
+    left: float, per_trial: float, trials_left: int, workers: int, size: RunSize, study_name: str
+) -> str:
+    """One line: the budget needs more than 12 hours here, and the study-file keys (with a
+    ready-to-paste ``--set`` example) that shrink it. The example halves what is largest until
+    the estimate is under 12 hours; training time is about proportional to image_size squared,
+    to train.epochs and to data.max_per_class."""
+    sets: list[str] = []
+    factor = 1.0
+    image_size, epochs, per_class = size.image_size, size.epochs, size.per_class
+    # one step each, in this order, until the estimate fits
+    if left * factor > LONG_RUN_SECONDS and image_size // 2 >= max(size.min_image_size, 16):
+        image_size //= 2
+        factor *= 0.25
+        sets.append(f"data.image_size={image_size}")
+    if left * factor > LONG_RUN_SECONDS and epochs >= 4:
+        new = math.ceil(epochs / 2)
+        factor *= new / epochs
+        epochs = new
+        sets.append(f"train.epochs={epochs}")
+    while left * factor > LONG_RUN_SECONDS and per_class >= 500:
+        new = per_class // 2
+        factor *= new / per_class
+        per_class = new
+    if per_class != size.per_class:
+        sets.append(f"data.max_per_class={per_class}")
+    example = " ".join(f"--set {s}" for s in sets)
+    after = f" (about {duration(left * factor)})" if sets else ""
+    return (
+        f"note: this budget needs about {duration(left)} more here ({trials_left} trials left "
+        f"x {duration(per_trial)} each / {workers} worker{'s' if workers != 1 else ''}); "
+        "data.image_size (time ~ size squared), train.epochs and data.max_per_class shrink it"
+        + (f", e.g. {example} --study-name {study_name}-small{after}" if sets else "")
+    )
 
 
 class Progress:
-    """Trials done of N, best so far, the current trial's epoch."""
+    """Trials done of N, best so far, time spent and left, the current trial's epoch."""
 
-    def __init__(self, total: int, offset: int = 0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        offset: int = 0,
+        stream: TextIO | None = None,
+        *,
+        workers: int = 1,
+        size: RunSize | None = None,
+    ) -> None:
         self.total = total
         self.offset = offset  # finished trials in the study before this run
         self.done = 0
         self.stream = stream or sys.stdout
         self.best: tuple[float, int] | None = None
+        self.workers = workers  # workers running this budget (for the epoch-based estimate)
+        self.size = size  # with a size, an estimate over 12 hours prints how to shrink the run
+        self.started = time.monotonic()
+        self.left: tuple[float, float] | None = None  # (estimate in s, when it was made)
+        self.study_has_finished = False
+        self.warned = False
+        self._trial: tuple[int, float] = (-1, 0.0)  # (trial number, its epoch seconds so far)
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
     def _best(self) -> str:
         return "best -" if self.best is None else f"best {self.best[0]:.4f} (trial {self.best[1]})"
+
+    def _time(self) -> str:
+        now = time.monotonic()
+        spent = duration(now - self.started)
+        if self.left is None or self.done >= self.total:
+            return spent
+        left = max(self.left[0] - (now - self.left[1]), 0.0)
+        return f"{spent}, ~{duration(left)} left"
+
+    def _head(self) -> str:
+        return f"[{self.done}/{self.total} done | {self._best()} | {self._time()}]"
 
     def seed_best(self, study: optuna.Study) -> None:
         """Take the best trial from the study (all workers), not only from this process."""
@@ -36,22 +169,74 @@ class Progress:
         if t.value is not None:
             self.best = (t.value, t.number)
 
+    def seed_time(self, study: optuna.Study) -> None:
+        """Start from the study's finished trials (a resumed search has an estimate at once)."""
+        trials = study.get_trials(deepcopy=False)
+        per_trial = mean_trial_seconds(trials)
+        if per_trial is not None:
+            self.study_has_finished = True
+            self.left = (
+                time_left(self.total - self.done, per_trial, self.workers),
+                time.monotonic(),
+            )
+
     def epoch(self, trial: optuna.Trial, m: EpochMetrics) -> None:
+        number, seconds = self._trial
+        if number != trial.number or m.epoch == 1:
+            seconds = 0.0
+        seconds += m.epoch_seconds
+        self._trial = (trial.number, seconds)
+        if not self.study_has_finished:
+            # before any trial has finished: assume every trial runs all epochs like this one
+            per_trial = seconds / m.epoch * m.epochs
+            left = time_left(self.total - self.done, per_trial, self.workers) - seconds
+            self.left = (max(left, 0.0), time.monotonic())
         self._say(
-            f"[{self.done}/{self.total} done | {self._best()}] trial {trial.number} "
+            f"{self._head()} trial {trial.number} "
             f"epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f} val_acc {m.val_accuracy:.4f} "
             f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)"
         )
 
-    def trial_done(self, study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    def trial_done(self, study: optuna.Study, t: FrozenTrial) -> None:
         # study-wide, so that several workers show the same count
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        trials = study.get_trials(deepcopy=False)
+        finished = [x for x in trials if x.state in FINISHED]
         self.done = len(finished) - self.offset
         self.seed_best(study)
-        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+        per_trial = mean_trial_seconds(trials)
+        # this worker and the trials running elsewhere
+        workers = 1 + sum(x.state == TrialState.RUNNING and x.number != t.number for x in trials)
+        trials_left = self.total - self.done
+        if per_trial is not None:
+            self.study_has_finished = True
+            self.left = (time_left(trials_left, per_trial, workers), time.monotonic())
+        if t.state == TrialState.COMPLETE and t.value is not None:
             what = f"finished: val_acc {t.value:.4f}"
-        elif t.state == optuna.trial.TrialState.PRUNED:
+        elif t.state == TrialState.PRUNED:
             what = f"pruned ({t.user_attrs.get('pruned_reason', 'by the pruner')})"
         else:
             what = f"{t.state.name.lower()} ({t.user_attrs.get('fail_reason', 'see the log')})"
-        self._say(f"[{self.done}/{self.total} done | {self._best()}] trial {t.number} {what}")
+        self._say(f"{self._head()} trial {t.number} {what}")
+        if (
+            not self.warned
+            and self.size is not None
+            and per_trial is not None
+            and trials_left > 0
+            and self.left is not None
+        ):
+            self.warned = True  # judged once, after the first trial this run sees finish
+            if self.left[0] > LONG_RUN_SECONDS:
+                self._say(
+                    shrink_hint(
+                        self.left[0], per_trial, trials_left, workers, self.size, study.study_name
+                    )
+                )
+
+    def requeued(self, trials: list[FrozenTrial]) -> None:
+        """Interrupted trials enqueued to run again (see ``workers.requeue_interrupted``)."""
+        for t in trials:
+            what = " (the seed baseline)" if t.user_attrs.get("baseline") else ""
+            self._say(
+                f"trial {t.number}{what} was interrupted ({t.user_attrs.get('fail_reason')}); "
+                "it runs again with the same parameters and seed"
+            )

@@ -19,12 +19,26 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from hpsearch.artifacts import CheckpointError, checkpoint_path
+from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import mask_url, open_storage
 from hpsearch.workers import TARGET_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# What hpsearch confirm records (see hpsearch.confirm). On each confirmed trial:
+CONFIRM_RUNS = "confirm_runs"  # one entry per finished retrain: seed, val_accuracy, ...
+CONFIRM_VAL_MEAN = "confirm_val_accuracy_mean"
+CONFIRM_VAL_STD = "confirm_val_accuracy_std"  # sample standard deviation (0 for one run)
+CONFIRM_N = "confirm_n"  # runs in the mean (a diverged run is recorded but not averaged)
+CONFIRM_TEST_MEAN = "confirm_test_accuracy_mean"  # with --data: accuracy on the test directory
+CONFIRM_TEST_STD = "confirm_test_accuracy_std"
+CONFIRM_TEST_N = "confirm_test_n"  # runs in the test mean (those trained with this --data)
+CONFIRM_TEST_DATA = "confirm_test_data"  # the test directory of the test mean
+CONFIRM_CHECKPOINT = "confirm_checkpoint"  # artifact id: the model of its best confirm run
+# On the study: the confirmed winner (trial, its means, its checkpoint).
+CONFIRMED_ATTR = "confirmed"
 
 
 def study_name(study_arg: str, study_name_arg: str | None) -> str:
@@ -91,6 +105,30 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     raise StorageError(f"study {study.study_name!r} has no trial {number}")
 
 
+def confirmed_summary(c: dict[str, Any]) -> str:
+    """``trial 3, val_accuracy 0.6233 ± 0.0153 over 3 seeds, test 0.6100 ± 0.0200``."""
+    text = (
+        f"trial {c.get('trial')}, val_accuracy {c.get('val_accuracy_mean', 0.0):.4f} "
+        f"± {c.get('val_accuracy_std', 0.0):.4f} over {c.get('n')} seed"
+        f"{'' if c.get('n') == 1 else 's'}"
+    )
+    if c.get("test_accuracy_mean") is not None:
+        text += f", test {c['test_accuracy_mean']:.4f} ± {c.get('test_accuracy_std', 0.0):.4f}"
+    return text
+
+
+def confirmed_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]:
+    """The confirmed winner and what confirm recorded about it; a StorageError when confirm has
+    not run on this study."""
+    c = study.user_attrs.get(CONFIRMED_ATTR)
+    if not isinstance(c, dict) or not isinstance(c.get("trial"), int):
+        raise StorageError(
+            f"study {study.study_name!r} has no confirmed trial yet: run hpsearch confirm "
+            f"--study {study.study_name} first"
+        )
+    return pick_trial(study, int(c["trial"])), c
+
+
 def kept_checkpoints(study: optuna.Study, store_dir: Path) -> list[int]:
     """Numbers of the trials whose checkpoint file is in the store, best first."""
     out = []
@@ -110,16 +148,9 @@ def keep_hint(study: optuna.Study, store_dir: Path) -> str:
     return "; checkpoints are kept for trial(s) " + ", ".join(map(str, kept))
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def status_text(study: optuna.Study, url: str) -> str:
-    """Trials by state, the best trial, trials per hour and the time left for the budget."""
+    """Trials by state, the best trial, trials per hour, time spent, and the time left for the
+    budget (trials left x the mean time of the finished and pruned trials / the workers)."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     order = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -133,50 +164,106 @@ def status_text(study: optuna.Study, url: str) -> str:
     else:
         lines.append("best: no completed trial yet")
     finished = [t for t in trials if t.state in FINISHED and t.datetime_complete is not None]
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    rate = None
-    if finished and starts:
-        span = max(t.datetime_complete for t in finished if t.datetime_complete) - min(starts)
-        seconds = span.total_seconds()
-        if seconds > 0:
-            rate = len(finished) / (seconds / 3600)
-            lines.append(
-                f"rate: {rate:.1f} finished trials per hour ({len(finished)} in "
-                f"{_duration(seconds)}, first start to last finish)"
-            )
+    spent = search_seconds(trials)
+    if finished and spent > 0:
+        rate = len(finished) / (spent / 3600)
+        lines.append(
+            f"rate: {rate:.1f} finished trials per hour ({len(finished)} in "
+            f"{duration(spent)} of search time)"
+        )
+    per_trial = mean_trial_seconds(trials)
+    running = states.get("RUNNING", 0)
     goal = study.user_attrs.get(TARGET_ATTR)
+    left = None if goal is None else int(goal) - len(finished)
+    time_line = f"time: {duration(spent)} spent searching (while any trial ran)"
+    if left is not None and left > 0 and per_trial is not None:
+        workers = max(running, 1)
+        time_line += (
+            f"; about {duration(time_left(left, per_trial, workers))} left for the budget "
+            f"({left} trials x {duration(per_trial)}, the mean of the finished and pruned "
+            f"trials, / {workers} worker{'s' if workers != 1 else ''}"
+            + (" running now)" if running else ")")
+        )
+    lines.append(time_line)
+    confirmed = study.user_attrs.get(CONFIRMED_ATTR)
+    if isinstance(confirmed, dict):
+        lines.append("confirmed: " + confirmed_summary(confirmed))
     if goal is None:
         lines.append("budget: none set (start the search with hpsearch run)")
+    elif left is not None and left <= 0:
+        lines.append(f"budget: {len(finished)} of {goal} trials finished; done")
     else:
-        left = int(goal) - len(finished)
-        if left <= 0:
-            lines.append(f"budget: {len(finished)} of {goal} trials finished; done")
-        elif rate:
-            lines.append(
-                f"budget: {len(finished)} of {goal} trials finished; {left} left, about "
-                f"{_duration(left / rate * 3600)} at this rate"
-            )
-        else:
-            lines.append(f"budget: {len(finished)} of {goal} trials finished; {left} left")
+        lines.append(f"budget: {len(finished)} of {goal} trials finished; {left} left")
     return "\n".join(lines)
 
 
-def best_text(study: optuna.Study, store_dir: Path) -> str:
-    """The best trial as YAML: number, value, parameters, and its checkpoint."""
-    t = pick_trial(study, None)
+def confirm_doc(t: FrozenTrial) -> dict[str, Any] | None:
+    """What confirm recorded on trial ``t`` (means, spread, runs), or None."""
+    a = t.user_attrs
+    if CONFIRM_VAL_MEAN not in a and CONFIRM_RUNS not in a:
+        return None
+    runs = a.get(CONFIRM_RUNS) or []
+    doc: dict[str, Any] = {
+        "val_accuracy_mean": a.get(CONFIRM_VAL_MEAN),
+        "val_accuracy_std": a.get(CONFIRM_VAL_STD),
+        "n": a.get(CONFIRM_N, 0),
+    }
+    if a.get(CONFIRM_TEST_MEAN) is not None:
+        doc["test_accuracy_mean"] = a.get(CONFIRM_TEST_MEAN)
+        doc["test_accuracy_std"] = a.get(CONFIRM_TEST_STD)
+        doc["test_n"] = a.get(CONFIRM_TEST_N)
+        doc["test_data"] = a.get(CONFIRM_TEST_DATA)
+    doc["seeds"] = [r.get("seed") for r in runs if isinstance(r, dict)]
+    return doc
+
+
+def confirmed_checkpoint_path(c: dict[str, Any], store_dir: Path) -> Path:
+    """The file of the confirmed winner's checkpoint, or a CheckpointError saying why not."""
+    artifact_id = c.get("checkpoint")
+    if not isinstance(artifact_id, str):
+        raise CheckpointError(
+            f"the confirmed trial {c.get('trial')} has no checkpoint (run hpsearch confirm again)"
+        )
+    path = AtomicArtifactStore(store_dir).path_of(artifact_id)
+    if not path.is_file():
+        raise CheckpointError(
+            f"the checkpoint of the confirmed trial {c.get('trial')} is not in {store_dir} "
+            f"(artifact {artifact_id}): are the artifacts elsewhere (--artifacts DIR)?"
+        )
+    return path
+
+
+def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> str:
+    """The best trial (or with ``confirmed``, the confirmed winner) as YAML: number, value,
+    parameters, what confirm measured, and its checkpoint."""
+    winner = study.user_attrs.get(CONFIRMED_ATTR)
+    c: dict[str, Any] = winner if isinstance(winner, dict) else {}
+    if confirmed:
+        t, c = confirmed_trial(study)
+    else:
+        t = pick_trial(study, None)
     doc: dict[str, Any] = {
         "study": study.study_name,
         "trial": t.number,
         "val_accuracy": t.value,
-        "params": dict(t.params),
     }
+    confirm = confirm_doc(t)
+    if confirm is not None:
+        doc["confirm"] = confirm
+    doc["params"] = dict(t.params)
     try:
-        doc["checkpoint"] = str(checkpoint_path(t, store_dir))
+        if confirmed:
+            doc["checkpoint"] = str(confirmed_checkpoint_path(c, store_dir))
+            doc["checkpoint_seed"] = c.get("seed")
+        else:
+            doc["checkpoint"] = str(checkpoint_path(t, store_dir))
     except CheckpointError as e:
         doc["checkpoint"] = None
         doc["checkpoint_problem"] = str(e)
     doc["kept_checkpoints"] = kept_checkpoints(study, store_dir)
-    out: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    if not confirmed and c:
+        doc["confirmed_winner"] = c.get("trial")
+    out: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return out.rstrip("\n")
 
 

@@ -11,6 +11,7 @@ This module never imports Optuna: a trial is only used through ``suggest_*`` cal
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,11 +54,32 @@ class Choice:
     choices: tuple[Scalar, ...]
 
 
-ParamSpec = Fixed | IntRange | FloatRange | Choice
+Plain = Fixed | IntRange | FloatRange | Choice
 
 
-def contains(spec: ParamSpec, value: Scalar) -> bool:
-    """Whether ``value`` is a value ``spec`` can produce."""
+@dataclass(frozen=True)
+class PerOptimizer:
+    """A parameter whose range depends on the trial's optimizer (``lr: {sgd: {low: ..}, adam:
+    ..}``): SGD and Adam want learning rates some 30x apart, so one shared range wastes trials on
+    rates that diverge for one optimizer or crawl for the other. The parameter keeps its one name
+    (one column in the dashboard); each trial draws it from its optimizer's range."""
+
+    cases: tuple[tuple[str, Plain], ...]  # (optimizer, spec), in the study file's order
+
+    def spec_for(self, optimizer: str) -> Plain:
+        return dict(self.cases)[optimizer]
+
+
+ParamSpec = Plain | PerOptimizer
+PER_OPTIMIZER = ("lr", "momentum", "weight_decay")  # families that may depend on the optimizer
+
+
+def contains(spec: ParamSpec, value: Scalar, optimizer: str | None = None) -> bool:
+    """Whether ``value`` is a value ``spec`` can produce (for ``optimizer``, when it matters)."""
+    if isinstance(spec, PerOptimizer):
+        if optimizer is not None:
+            return contains(spec.spec_for(optimizer), value)
+        return any(contains(case, value) for _, case in spec.cases)
     if isinstance(spec, Fixed):
         return bool(spec.value == value and type(spec.value) is type(value))
     if isinstance(spec, Choice):
@@ -78,6 +100,7 @@ def contains(spec: ParamSpec, value: Scalar) -> bool:
 
 ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu", "elu")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+HEADS = ("flatten", "gap")
 MAX_KERNEL = 11
 
 
@@ -126,6 +149,9 @@ FAMILIES: dict[str, Family] = {
     "activation": Family(str, False, _one_of(ACTIVATIONS), "activation function"),
     "batch_norm": Family(bool, False, lambda v: None, "batch norm after each conv"),
     "residual": Family(bool, False, lambda v: None, "skip connection around each conv"),
+    "head": Family(
+        str, False, _one_of(HEADS), "flatten (the seed's) or gap (global average pooling)"
+    ),
     "dropout": Family(float, False, _between(0.0, 1.0, hi_open=True), "dropout before classifier"),
     "dense_units": Family(int, False, _between(1, 65536), "width of the dense layer"),
     "optimizer": Family(str, False, _one_of(OPTIMIZERS), "sgd (momentum), adam, adamw, rmsprop"),
@@ -147,6 +173,7 @@ BASELINE: dict[str, Scalar] = {
     "activation": "relu",
     "batch_norm": False,
     "residual": False,
+    "head": "flatten",
     "dropout": 0.0,
     "dense_units": 512,
     "optimizer": "adam",
@@ -204,7 +231,7 @@ def coerce(family: str, value: Any) -> tuple[Scalar | None, str | None]:
 class Source(Protocol):
     """Where parameter values come from: an Optuna trial, stored params, or the baseline."""
 
-    def __call__(self, name: str, spec: ParamSpec) -> Scalar: ...
+    def __call__(self, name: str, spec: Plain) -> Scalar: ...
 
 
 def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
@@ -212,12 +239,17 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
 
     Returns family -> value, with per-block families as tuples of length ``n_blocks``.
     In a grid search only the parameters listed in ``search.grid`` are asked for; the others take
-    their fixed value or the seed baseline's.
+    their fixed value or the seed baseline's. A per-optimizer range is resolved to the range of
+    the optimizer already drawn (``optimizer`` comes before ``lr`` in ``FAMILIES``), so
+    ``source`` only ever sees plain specs.
     """
     grid = search.grid if search.sampler.name == "grid" else None
+    values: dict[str, Any] = {}
 
     def get(family: str, name: str) -> Scalar:
-        spec = search.space.get(family)
+        spec: ParamSpec | None = search.space.get(family)
+        if isinstance(spec, PerOptimizer):
+            spec = spec.spec_for(str(values["optimizer"]))
         if grid is not None:
             if name in grid:
                 if spec is None or isinstance(spec, Fixed):
@@ -230,7 +262,6 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
             return spec.value
         return source(name, spec)
 
-    values: dict[str, Any] = {}
     n_blocks = int(get("n_blocks", "n_blocks"))
     values["n_blocks"] = n_blocks
     for family, fam in FAMILIES.items():
@@ -257,6 +288,7 @@ def to_trial_spec(values: Mapping[str, Any], cfg: StudyConfig, seed: int) -> Tri
             residual=bool(values["residual"]),
             dropout=float(values["dropout"]),
             dense_units=int(values["dense_units"]),
+            head=str(values["head"]),
         ),
         optim=OptimSpec(
             optimizer=str(values["optimizer"]),
@@ -286,7 +318,7 @@ class Recorder:
         self.answer = answer
         self.params: dict[str, Scalar] = {}
 
-    def __call__(self, name: str, spec: ParamSpec) -> Scalar:
+    def __call__(self, name: str, spec: Plain) -> Scalar:
         value = self.answer(name)
         self.params[name] = value
         return value
@@ -299,11 +331,40 @@ def baseline_params(search: SearchConfig) -> dict[str, Scalar]:
     return rec.params
 
 
+# Parameters that only make sense together: a near-baseline trial keeps or redraws each unit
+# whole (the baseline's lr with another optimizer would be a rate that optimizer never asked for).
+_UNITS: tuple[tuple[str, ...], ...] = (
+    ("optimizer", "lr", "momentum", "weight_decay"),
+    ("lr_decay_step", "lr_decay_gamma"),
+)
+
+
+def near_baseline_params(search: SearchConfig, rng: random.Random) -> dict[str, Scalar]:
+    """A start-up trial near the seed baseline: each unit of parameters (a family, all blocks of
+    a per-block family, or the optimizer with its rates) keeps the baseline's values with
+    probability 1/2, and at least one unit is kept and one redrawn; the rest are left for the
+    sampler to draw. Returns the kept parameters
+    (what ``enqueue_trial`` takes: Optuna samples the missing ones)."""
+    params = baseline_params(search)
+    grouped: dict[str, list[str]] = {}
+    for name in params:
+        block = split_block_name(name)
+        family = block[0] if block else name
+        unit = next((u[0] for u in _UNITS if family in u), family)
+        grouped.setdefault(unit, []).append(name)
+    units = list(grouped.values())
+    while True:
+        keep = [rng.random() < 0.5 for _ in units]
+        if len(units) < 2 or 0 < sum(keep) < len(units):
+            break  # neither the baseline itself again nor a plain random draw
+    return {n: params[n] for names, k in zip(units, keep, strict=True) if k for n in names}
+
+
 def params_source(params: Mapping[str, Any], what: str) -> Source:
     """A :class:`Source` reading stored parameters, e.g. a finished trial's."""
     from hpsearch.errors import ConfigError
 
-    def source(name: str, spec: ParamSpec) -> Scalar:
+    def source(name: str, spec: Plain) -> Scalar:
         if name not in params:
             raise ConfigError(
                 f"{what} has no parameter {name!r}: was it run with a different search space?"

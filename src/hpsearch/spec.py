@@ -13,7 +13,8 @@ from typing import Any
 @dataclass(frozen=True)
 class ArchSpec:
     """The CNN: ``len(channels)`` conv blocks (conv, [BN], act, [residual], 2x2 max-pool), then
-    flatten, a dense layer with dropout, and the classifier."""
+    the head (``flatten``: the seed's flatten of the whole feature map; ``gap``: global average
+    pooling to one value per channel), a dense layer with dropout, and the classifier."""
 
     channels: tuple[int, ...]
     kernel_sizes: tuple[int, ...]
@@ -22,6 +23,7 @@ class ArchSpec:
     residual: bool
     dropout: float
     dense_units: int
+    head: str = "flatten"  # flatten | gap
 
     @property
     def n_blocks(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from sqlalchemy.engine import make_url
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.resilience import ResilientRDBStorage
-from hpsearch.space import baseline_params
+from hpsearch.space import baseline_params, near_baseline_params
 
 T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
@@ -218,8 +219,14 @@ def open_study(
         with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val_accuracy"])  # the dashboard's axis titles
-        if cfg.search.enqueue_baseline and cfg.search.sampler.name != "grid":
-            study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
+        if cfg.search.sampler.name != "grid":
+            if cfg.search.enqueue_baseline:
+                study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
+            rng = random.Random(cfg.search.seed)
+            for _ in range(cfg.search.near_baseline):
+                study.enqueue_trial(
+                    near_baseline_params(cfg.search, rng), user_attrs={"near_baseline": True}
+                )
     return study
 
 

@@ -7,6 +7,11 @@ SQLite file), so the budget is never overshot (Optuna's MaxTrialsCallback oversh
 trial per worker, optuna#3518). A worker that finds the budget covered by running trials waits
 instead of leaving: if one of those dies, its heartbeat goes stale, it is marked failed, retried,
 and the waiting worker runs the retry.
+
+A trial stopped by Ctrl-C or SIGTERM (FAIL with ``fail_reason`` "stopped by ...") is run again
+too: the next worker to claim enqueues its parameters (and seed, and ``baseline`` mark) once, as a
+new trial with the user attribute ``rerun_of`` naming the stopped one, so that a search
+interrupted during the seed baseline still ends with a finished baseline.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Protocol
 import optuna
 import sqlalchemy.exc
 from filelock import FileLock
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -28,6 +33,8 @@ from hpsearch.errors import StorageError
 from hpsearch.resilience import ResilientRDBStorage, is_disconnect, retrying
 
 TARGET_ATTR = "target_trials"
+RERUN_ATTR = "rerun_of"  # on a trial enqueued to re-run an interrupted one: that trial's number
+STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -104,14 +111,15 @@ def fresh_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
-def count_states(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials, counted by the database in one query."""
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state name (``COMPLETE``, ``FAIL``, ...), counted by the database in one query."""
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     if not isinstance(backend, optuna.storages.RDBStorage):
-        trials = study.get_trials(deepcopy=False, states=COUNTED)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        return len(trials) - running, running
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
 
     def count() -> list[Any]:
         with backend.engine.connect() as conn:
@@ -123,8 +131,74 @@ def count_states(study: optuna.Study) -> tuple[int, int]:
             )
 
     rows = retrying(count, "counting trials")
-    by_state = {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
+    return {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
+
+
+def count_states(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials, counted by the database in one query."""
+    by_state = state_counts(study)
     return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
+
+
+def was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial that Ctrl-C or SIGTERM stopped (not one that crashed or ran out of memory)."""
+    reason = t.user_attrs.get("fail_reason")
+    return (
+        t.state == TrialState.FAIL and isinstance(reason, str) and reason.startswith(STOPPED_PREFIX)
+    )
+
+
+def interrupted_not_rerun(trials: Sequence[optuna.trial.FrozenTrial]) -> list[FrozenTrial]:
+    """Interrupted trials that no trial re-runs yet (each is re-run once)."""
+    rerun = {t.user_attrs.get(RERUN_ATTR) for t in trials}
+    return [t for t in trials if was_interrupted(t) and t.number not in rerun]
+
+
+def requeue_interrupted(study: optuna.Study) -> list[FrozenTrial]:
+    """Enqueue each interrupted trial once with its parameters, seed and (near-)baseline mark; the
+    returned trials are the ones enqueued now. Call it under the claim lock, so that two
+    workers do not both enqueue the same trial."""
+    todo = interrupted_not_rerun(fresh_trials(study))
+    for t in todo:
+        # an enqueued trial (the baseline) stopped before it asked for every parameter still
+        # has them all in its fixed parameters
+        params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        attrs: dict[str, Any] = {RERUN_ATTR: t.number}
+        for key in ("baseline", "near_baseline", "seed"):
+            if key in t.user_attrs:
+                attrs[key] = t.user_attrs[key]
+        study.enqueue_trial(params, user_attrs=attrs)
+    return todo
+
+
+def reruns_first(study: optuna.Study) -> None:
+    """Make ``study`` run re-runs (of interrupted trials, and heartbeat retries) before the other
+    waiting trials, so that a re-enqueued seed baseline is not queued behind the start-up trials
+    a new study enqueues after it. Optuna pops waiting trials in trial-number order; this
+    replaces that choice on this study object (Optuna's ``_pop_waiting_trial_id``, same logic,
+    another order)."""
+
+    def pop() -> int | None:
+        storage = study._storage
+        waiting = storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+        )
+        first = sorted(
+            waiting,
+            key=lambda t: (
+                RERUN_ATTR not in t.user_attrs and "failed_trial" not in t.system_attrs,
+                t.number,
+            ),
+        )
+        for t in first:
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker took and finished it
+        return None
+
+    setattr(study, "_pop_waiting_trial_id", pop)  # noqa: B010 - an instance override
 
 
 GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
@@ -139,11 +213,17 @@ def run_until_budget(
     catch: tuple[type[Exception], ...] = (),
     poll_seconds: float = 5.0,
     grid_check: GridCheck | None = None,
+    on_requeue: Callable[[list[FrozenTrial]], None] | None = None,
 ) -> str:
     """Run trials until the study's target of finished trials is reached.
 
+    Before claiming, interrupted trials are enqueued once to run again (``on_requeue`` is told
+    which); the trials are listed only when the number of FAIL trials has changed.
+
     Returns why it stopped: ``"budget"`` or ``"grid exhausted"``.
     """
+    failed_seen = 0
+    reruns_first(study)
     while True:
         lock.acquire()
         held = True
@@ -154,9 +234,16 @@ def run_until_budget(
                     f"study {study.study_name!r} has no trial budget; start it with hpsearch run"
                 )
             optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
-            finished, running = count_states(study)
+            counts = state_counts(study)
+            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+            running = counts.get("RUNNING", 0)
             if finished >= goal:
                 return "budget"
+            if counts.get("FAIL", 0) != failed_seen:
+                failed_seen = counts.get("FAIL", 0)
+                requeued = requeue_interrupted(study)
+                if requeued and on_requeue is not None:
+                    on_requeue(requeued)
             grid = grid_check(study) if grid_check is not None else "open"
             if grid == "exhausted":
                 return "grid exhausted"

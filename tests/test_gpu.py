@@ -1,0 +1,122 @@
+"""The GPU path on a real CUDA device: a training step, the --trials-per-gpu probe, and a trial that
+runs out of GPU memory. Skipped without a device; bench/gpu_check.py runs them when one is lent
+(``pytest -m gpu``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hpsearch.config import DataConfig, load_study, parse_set
+from hpsearch.data import DeviceData, load_data
+from hpsearch.gpu_plan import MAX_PER_GPU, probe, trials_per_gpu
+from hpsearch.launcher import plan_slots
+from hpsearch.objective import TrialOutOfMemory, make_objective
+from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.train import fit
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"
+    ),
+]
+
+SEED = TrialSpec(
+    ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512),
+    OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9),
+    32,
+    2,
+    0,
+    (0.35, 1.0),
+    True,
+)
+
+
+@pytest.fixture(scope="module")
+def cuda_data(data_root: Path) -> DeviceData:
+    return load_data(DataConfig(data_root, 32, 64, 32), torch.device("cuda"))
+
+
+def test_training_step_on_cuda(cuda_data: DeviceData) -> None:
+    """fit() on the GPU: the data and the model live there, channels_last, bf16 autocast."""
+    assert cuda_data.train_images.is_cuda and cuda_data.train_images.dtype == torch.uint8
+    seen = []
+    result = fit(SEED, cuda_data, seen.append, eval_batch_size=64)
+    assert [m.epoch for m in seen] == [1, 2]
+    assert all(math.isfinite(m.train_loss) and 0 <= m.val_accuracy <= 1 for m in seen)
+    params = list(result.model.parameters())
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in params)
+    conv = params[0]
+    assert conv.dim() == 4 and conv.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert result.model(x).dtype == torch.bfloat16
+
+
+def test_trials_per_gpu_probe(data_root: Path) -> None:
+    """The probe measures the smoke study's largest trial on GPU 0 in a child process; the rule
+    gives 1..8 workers, and run's slot plan puts that many on the GPU."""
+    p = probe(["smoke", f"data.root={data_root}"], "0")
+    assert 0 < p.trial_bytes < p.total_bytes
+    assert p.data_bytes > 0 and p.data_bytes % (32 * 32 * 3) == 0  # uint8 images at 32px
+    assert 0 < p.busy_share <= 1
+    k, why = trials_per_gpu(p)
+    assert 1 <= k <= MAX_PER_GPU and why.startswith(f"{k} trials per GPU")
+    slots = plan_slots(None, "0", None, lambda gpu: k)
+    assert [s.gpu for s in slots] == ["0"] * k
+
+
+def test_cuda_out_of_memory_fails_the_trial_returns_memory_and_the_next_runs(
+    cuda_data: DeviceData,
+) -> None:
+    """A trial whose first activation (bf16, 4096 channels, one batch) is 40% of the card runs
+    out of memory mid-step: it fails with the reason, memory_reserved drops back, the next trial
+    runs."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    rows = math.ceil(0.4 * total / (32 * 32 * 2 * 4096))
+    idx = torch.arange(rows, device="cuda") % len(cuda_data.train_labels)
+    data = replace(
+        cuda_data,
+        train_images=cuda_data.train_images[idx],
+        train_labels=cuda_data.train_labels[idx],
+    )
+    sets = [
+        "train.epochs=1",
+        "search.enqueue_baseline=false",
+        *(f"search.space.{k}={v}" for k, v in (("n_blocks", 1), ("kernel_size", 3))),
+        *(f"search.space.{k}=false" for k in ("residual", "batch_norm")),
+        "search.space.head=gap",
+        "search.space.optimizer=adam",
+        "search.space.lr=0.001",
+        "search.space.channels=[8, 4096]",
+        "search.space.dense_units=[16, 32]",
+        f"search.space.batch_size=[16, {rows}]",
+    ]
+    cfg = load_study("smoke", [parse_set(s) for s in sets])
+    study = optuna.create_study(direction="maximize")
+    small = {"channels_b1": 8, "dense_units": 16, "batch_size": 16}
+    for params in (small, {"channels_b1": 4096, "dense_units": 32, "batch_size": rows}, small):
+        study.enqueue_trial(params)
+    objective = make_objective(cfg, data)
+    study.optimize(objective, n_trials=1)
+    before = torch.cuda.memory_reserved()
+    torch.cuda.reset_peak_memory_stats()
+    study.optimize(objective, n_trials=1, catch=(TrialOutOfMemory,))
+    peak, after = torch.cuda.max_memory_reserved(), torch.cuda.memory_reserved()
+    study.optimize(objective, n_trials=1)
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    attrs = study.trials[1].user_attrs
+    assert attrs["oom"] is True and attrs["fail_reason"].startswith("out of GPU memory: ")
+    assert peak > 0.3 * total  # it really filled the card before failing
+    assert after <= before + 64 * 2**20

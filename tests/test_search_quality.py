@@ -1,0 +1,94 @@
+"""bench/search_quality.py at toy size, so that the benchmark cannot rot: real photos, real
+searches, every output file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "search_quality.py"
+
+
+def bench(args: list[str], data_root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(data_root), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Path) -> None:
+    out = tmp_path / "sq"
+    arms = ["tpe=tpe/median", "rnd=random/none+search.near_baseline=0", "grid=grid/median"]
+    r = bench(
+        [
+            *(a for arm in arms for a in ("--arm", arm)),
+            *["--repeats", "2", "--trials", "3", "--epochs", "2", "--image-size", "32"],
+            *["--per-class", "20", "--val-per-class", "10", "--quiet", "--out", str(out)],
+        ],
+        data_root,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    for name in ("tpe", "rnd", "grid", "seed baseline (trial 0)"):
+        assert f"| {name} |" in table
+    assert "+search.near_baseline=0" in table
+    assert table in r.stdout
+    assert (out / "best_vs_epochs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "results.json").read_text())
+    results = doc["results"]
+    assert sorted((x["arm"], x["repeat"]) for x in results) == sorted(
+        (a, r) for a in ("tpe", "rnd", "grid") for r in (0, 1)
+    )
+    for x in results:
+        assert sum(x["states"].values()) == 3  # the budget, trial for trial
+        assert x["epochs"] == x["curve"][-1][0] and 3 <= x["epochs"] <= 6
+        if x["best"] is not None:
+            assert 0.0 <= x["best"] <= 1.0 and 0.0 <= x["retrained"] <= 1.0
+        # the seed baseline is trial 0 of the TPE and random searches, never of the grid's
+        assert (x["baseline"] is not None) == (x["arm"] != "grid")
+    # the repeats differ: another sampler seed draws other parameters after the baseline
+    tpe = [x for x in results if x["arm"] == "tpe"]
+    assert [t["params"] for t in tpe[0]["trials"]][1:] != [t["params"] for t in tpe[1]["trials"]][
+        1:
+    ]
+    assert tpe[0]["trials"][0]["params"] == tpe[1]["trials"][0]["params"]  # the seed baseline
+    assert doc["baseline_mean"] == pytest.approx((tpe[0]["baseline"] + tpe[1]["baseline"]) / 2)
+    # the comparisons the table is for, each from the arms that answer it
+    assert "- tpe: best beats the seed baseline by" in table
+    assert "- tpe vs random" not in table  # rnd differs in its overrides: not a twin of tpe
+    # --replot rewrites the same table from the JSON alone
+    (out / "results.md").unlink()
+    (out / "best_vs_epochs.png").unlink()
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--replot", str(out)], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert (out / "results.md").read_text() == table
+    assert (out / "best_vs_epochs.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arm", "tpe-median"], "expected NAME=SAMPLER/PRUNER"),
+        (["--arm", "a=tpe/median", "--arm", "a=random/none"], "arm names must differ"),
+        (["--arm", "a=annealing/median"], "unknown sampler 'annealing'"),
+        (["--arm", "a=tpe/median+search.bogus=1"], "search.bogus"),
+    ],
+)
+def test_bad_arms_are_one_line(
+    tmp_path: Path, data_root: Path, args: list[str], message: str
+) -> None:
+    r = bench([*args, "--out", str(tmp_path / "o")], data_root)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
