@@ -182,3 +182,29 @@ def test_artifacts_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("HPSEARCH_ARTIFACTS")
     monkeypatch.chdir(tmp_path)
     assert artifacts_dir("postgresql://u:p@h/db") == tmp_path / "hpsearch-artifacts"
+
+
+def test_two_trials_finishing_together_leave_keep_checkpoints_files(tmp_path: Path) -> None:
+    """Each of two workers ranks the other's trial as still running, so both save a file; the
+    ``settle`` callback that runs after COMPLETE removes the extra one at once."""
+    from optuna.trial import FrozenTrial
+
+    from hpsearch.checkpoint import CheckpointKeeper
+    from hpsearch.model import build_model
+    from hpsearch.spec import ArchSpec
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
+    store = tmp_path / "store"
+    keeper = CheckpointKeeper(store, 1, load_study("smoke"), ("cat", "dog"), 32, {})
+    arch = ArchSpec((8,), (3,), "relu", False, False, 0.0, 8)
+    model = build_model(arch, 2, 32)
+    a, b = study.ask(), study.ask()  # two workers' trials, both running
+    assert keeper.offer(a, model, arch, 0.8) and keeper.offer(b, model, arch, 0.7)
+    done: dict[int, FrozenTrial] = {}
+    for trial, value in ((a, 0.8), (b, 0.7)):
+        done[trial.number] = study.tell(trial, value)
+    for frozen in done.values():  # each worker's callback, after its own trial completed
+        keeper.settle(study, frozen)
+    files = {p.name for p in store.iterdir() if not p.name.startswith(".")}
+    assert files == {done[a.number].user_attrs[CHECKPOINT_ATTR]}
+    assert study.user_attrs[KEPT_ATTR] == [a.number]

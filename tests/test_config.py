@@ -225,3 +225,25 @@ def test_per_optimizer_range_errors(tmp_path: Path, text: str, message: str) -> 
 def test_near_baseline_must_be_a_count(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"search\.near_baseline"):
         load_study(str(write(tmp_path, "search:\n  near_baseline: -1\n")))
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("search.space.kernel_size={low: 3, high: 8}", "high: 8 is not an odd kernel size"),
+        ("search.space.kernel_size={low: 4, high: 8}", "low: 4 is not an odd kernel size"),
+        ("search.space.kernel_size={low: 3, high: 7, step: 1}", "kernel sizes are odd"),
+        ("search.grid={kernel_size_b9: [3, 5]}", "search.grid.kernel_size_b9: block 9 does not"),
+        ("search.grid={channels_b0: [8, 16]}", "search.grid.channels_b0: unknown parameter"),
+    ],
+)
+def test_search_space_edges_are_refused(item: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_study("smoke", [parse_set(item)])
+
+
+def test_a_kernel_range_draws_odd_sizes_only() -> None:
+    cfg = load_study("smoke", [parse_set("search.space.kernel_size={low: 3, high: 7}")])
+    assert cfg.search.space["kernel_size"] == IntRange(3, 7, False, 2)
+    cfg = load_study("smoke", [parse_set("search.grid={kernel_size_b2: [3, 5]}")])
+    assert cfg.search.grid == {"kernel_size_b2": (3, 5)}

@@ -65,3 +65,35 @@ def test_gap_head_is_independent_of_the_image_size(image_size: int, bn: bool) ->
     assert count_params(flat) > count_params(model)  # flatten feeds C x S x S values
     x = torch.randn(2, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
     assert model(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize(("bn", "res"), [(False, False), (True, False), (True, True)])
+def test_activation_count_matches_what_a_forward_pass_produces(bn: bool, res: bool) -> None:
+    """Counted with hooks on the real model: every conv, BN, activation and pool output of the
+    conv blocks (plus the residual sum, which is no module)."""
+    from hpsearch.model import ConvBlock, activation_count
+
+    arch = ArchSpec((8, 16, 32), (3, 5, 3), "relu", bn, res, 0.0, 16)
+    model = build_model(arch, 2, 40)
+    seen: list[int] = []
+    for block in model:
+        if isinstance(block, ConvBlock):
+            for m in (block.conv, block.norm, block.act, block.pool):
+                if bn or m is not block.norm:
+                    m.register_forward_hook(lambda _m, _i, out: seen.append(out[0].numel()))
+            if res:
+                block.conv.register_forward_hook(lambda _m, _i, out: seen.append(out[0].numel()))
+    model(torch.zeros(1, 3, 40, 40))
+    assert activation_count(arch, 40) == sum(seen)
+
+
+def test_a_narrow_network_with_a_wide_dense_layer_has_more_parameters_and_fewer_activations() -> (
+    None
+):
+    """Why out-of-memory prediction compares activations too, not parameters alone."""
+    from hpsearch.model import activation_count
+
+    wide = ArchSpec((256, 256, 256), (3, 3, 3), "relu", True, False, 0.0, 64)
+    narrow = ArchSpec((8, 8, 8), (3, 3, 3), "relu", True, False, 0.0, 4096)
+    assert param_count(narrow, 2, 128) > param_count(wide, 2, 128)
+    assert activation_count(narrow, 128) * 10 < activation_count(wide, 128)

@@ -153,3 +153,63 @@ def test_out_of_host_memory_fails_the_trial_and_steers_the_search(data: DeviceDa
         .startswith("predicted out of memory: trial 1 ran out of memory")
     )
     assert study.trials[2].intermediate_values == {}  # pruned before training: ranks last
+
+
+def test_out_of_memory_frees_the_failed_trials_tensors_before_collecting(
+    data: DeviceData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery runs after the except block: inside it, the exception's traceback still holds
+    fit()'s frames and nothing they hold can be freed (pytorch issue 18853)."""
+    import gc
+    import weakref
+
+    import hpsearch.objective as objective
+
+    held: list[weakref.ref[torch.Tensor]] = []
+
+    def fit(*args: object, **kwargs: object) -> None:
+        activations = torch.ones(4_000_000)  # 16 MB the failed step was holding
+        held.append(weakref.ref(activations))
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+
+    alive_when_collected: list[bool] = []
+    collect = gc.collect
+
+    def watching_collect(*args: int) -> int:
+        n = collect(*args)
+        alive_when_collected.append(held[0]() is not None)
+        return n
+
+    monkeypatch.setattr(objective, "fit", fit)
+    monkeypatch.setattr(objective.gc, "collect", watching_collect)
+    cfg = load_study("smoke", [parse_set("search.enqueue_baseline=false")])
+    study = optuna.create_study(direction="maximize")
+    study.optimize(make_objective(cfg, data), n_trials=1, catch=(TrialOutOfMemory,))
+    monkeypatch.undo()
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"].startswith("out of host memory: ")
+    assert alive_when_collected == [False]
+
+
+def test_out_of_memory_is_predicted_only_for_trials_no_smaller_in_every_way() -> None:
+    """A trial with more parameters but far fewer activations (a narrow network with a wide
+    dense layer) is not pruned because a wide network ran out of memory."""
+    from hpsearch.objective import predicted_oom
+
+    study = optuna.create_study(direction="maximize")
+    failed = optuna.trial.create_trial(
+        state=TrialState.FAIL,
+        user_attrs={
+            "oom": True,
+            "device": "cuda:H100",
+            "n_params": 1_000_000,
+            "batch_size": 64,
+            "activations": 10_000_000,
+        },
+    )
+    study.add_trial(failed)
+    trials = study.get_trials(states=(TrialState.FAIL,))
+    assert predicted_oom(trials, 5_000_000, 64, "cuda:H100", 100_000) is None
+    assert predicted_oom(trials, 5_000_000, 64, "cuda:H100", 10_000_000) is trials[0]
+    assert predicted_oom(trials, 5_000_000, 32, "cuda:H100", 10_000_000) is None
+    assert predicted_oom(trials, 5_000_000, 64, "cpu:x86_64 x2", 10_000_000) is None

@@ -140,3 +140,22 @@ def test_new_study_enqueues_baseline_then_near_baseline(tmp_path: Path) -> None:
     values = sample_values(cfg.search, trial_source(trial))
     assert {k: trial.params[k] for k in fixed[1]} == fixed[1]
     assert values["n_blocks"] == len(values["channels"])
+
+
+def test_a_changed_grid_is_judged_on_its_own_points() -> None:
+    """An exhausted grid study whose grid is then changed has new points to run: the old grid's
+    trials do not count as visited (GridSampler's own rule, by the recorded search space)."""
+    from hpsearch.study import grid_check
+
+    old = load_study("smoke", [parse_set("search.sampler=grid")])
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(old, 0))
+    study.optimize(lambda t: sample_values(old.search, trial_source(t))["lr"], n_trials=4)
+    assert grid_check(old)(study) == "exhausted"
+    new = load_study(
+        "smoke", [parse_set("search.sampler=grid"), parse_set("search.grid={lr: [5e-3, 7e-3]}")]
+    )
+    assert grid_check(new)(study) == "open"
+    study.sampler = make_sampler(new, 4)
+    study.optimize(lambda t: sample_values(new.search, trial_source(t))["lr"], n_trials=2)
+    assert grid_check(new)(study) == "exhausted"
+    assert sorted(t.params["lr"] for t in study.trials[4:]) == [5e-3, 7e-3]

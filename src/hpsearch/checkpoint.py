@@ -103,32 +103,51 @@ class CheckpointKeeper:
         Returns whether a checkpoint was saved. A failure to write (a full disk) is logged and
         recorded in the trial's ``checkpoint_error`` attribute; the trial still completes.
         """
+        done = self._completed(trial.study)
+        top = self._top(done, (value, trial.number))
+        saved = trial.number in top and self._save(trial, model, arch, value)
+        self._evict(trial.study, done, top, also_kept=[trial.number] if saved else [])
+        return saved
+
+    def settle(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """An ``optimize`` callback, run once the trial is COMPLETE: evict again.
+
+        Two workers finishing together each rank the other's trial as still running, so both
+        can keep a file and the study holds K + 1 until a later trial evicts one. Whichever of
+        the two settles last sees both complete and removes the extra file.
+        """
+        if trial.state == TrialState.COMPLETE:
+            done = self._completed(study)
+            self._evict(study, done, self._top(done, None), also_kept=[])
+
+    def _completed(self, study: optuna.Study) -> list[FrozenTrial]:
         from hpsearch.workers import fresh_trials
 
-        done = [
-            t
-            for t in fresh_trials(trial.study)
-            if t.state == TrialState.COMPLETE and t.value is not None
+        return [
+            t for t in fresh_trials(study) if t.state == TrialState.COMPLETE and t.value is not None
         ]
+
+    def _top(self, done: list[FrozenTrial], finishing: tuple[float, int] | None) -> list[int]:
+        """The K best trial numbers among the completed ones (and the one finishing, if any),
+        ranked by value, the earlier trial first on ties."""
         ranked = sorted(
             [(float(t.value), t.number) for t in done if t.value is not None]
-            + [(value, trial.number)],
+            + ([finishing] if finishing is not None else []),
             key=lambda vn: (-vn[0], vn[1]),
         )
-        top = [n for _, n in ranked[: self.keep]]
-        saved = False
-        if trial.number in top:
-            saved = self._save(trial, model, arch, value)
+        return [n for _, n in ranked[: self.keep]]
+
+    def _evict(
+        self, study: optuna.Study, done: list[FrozenTrial], top: list[int], also_kept: list[int]
+    ) -> None:
         with_file = {t.number for t in done if isinstance(t.user_attrs.get(CHECKPOINT_ATTR), str)}
         for t in done:
             if t.number not in top and t.number in with_file:
                 self.discard(str(t.user_attrs[CHECKPOINT_ATTR]))
-        if saved:
-            with_file.add(trial.number)
+        with_file.update(also_kept)
         # what the dashboard shows on the study's page (a finished trial cannot be changed, so
         # a removed checkpoint stays listed on its trial's page)
-        trial.study.set_user_attr(KEPT_ATTR, [n for n in top if n in with_file])
-        return saved
+        study.set_user_attr(KEPT_ATTR, [n for n in top if n in with_file])
 
     def _save(self, trial: optuna.Trial, model: nn.Module, arch: ArchSpec, value: float) -> bool:
         blob = checkpoint_blob(

@@ -375,7 +375,7 @@ def _work(
     total: int,
 ) -> None:
     """Run this process's share of the budget, printing progress."""
-    from hpsearch.objective import TrialOutOfMemory, make_objective
+    from hpsearch.objective import TrialOutOfMemory, make_keeper, make_objective
     from hpsearch.progress import Progress, RunSize
     from hpsearch.study import grid_check
     from hpsearch.workers import claim_lock, run_until_budget
@@ -396,11 +396,12 @@ def _work(
     )
     progress.seed_best(study)
     progress.seed_time(study)
+    keeper = make_keeper(cfg, data, artifacts)
     reason = run_until_budget(
         study,
-        make_objective(cfg, data, progress.epoch, artifacts),
+        make_objective(cfg, data, progress.epoch, keeper),
         claim_lock(study._storage, study.study_name),
-        callbacks=[progress.trial_done],
+        callbacks=[progress.trial_done, *([keeper.settle] if keeper is not None else [])],
         catch=(TrialOutOfMemory,),
         poll_seconds=min(5.0, float(heartbeat)),
         grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,

@@ -496,17 +496,31 @@ def _plain_spec(fam: str, raw: Any, key: str) -> Plain:
     if kind is int:
         if step is not None and not isinstance(step, int):
             raise _Invalid(f"{key}.step", f"expected an integer, got {step!r}")
+        if fam == "kernel_size":  # odd sizes only: step 2 from an odd low to an odd high
+            step = 2 if step is None else step
+            if step % 2 or low % 2 == 0 or high % 2 == 0:
+                raise _Invalid(
+                    key,
+                    "kernel sizes are odd: a range needs an odd low and high and an even step "
+                    f"(default 2), got low {low}, high {high}, step {step}",
+                )
         return IntRange(int(low), int(high), log, int(step or 1))
     return FloatRange(float(low), float(high), log, None if step is None else float(step))
 
 
-def _check_blocks(space: Mapping[str, ParamSpec], image_size: int) -> None:
+def _most_blocks(space: Mapping[str, ParamSpec]) -> int:
+    """The most conv blocks the space can draw."""
     spec = space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
-    most = {
+    most: int = {
         Fixed: lambda s: s.value,
         Choice: lambda s: max(s.choices),
         IntRange: lambda s: s.high,
     }[type(spec)](spec)
+    return most
+
+
+def _check_blocks(space: Mapping[str, ParamSpec], image_size: int) -> None:
+    most = _most_blocks(space)
     if 2**most > image_size:
         raise _Invalid(
             "search.space.n_blocks",
@@ -533,6 +547,12 @@ def _grid(raw: Any, space: Mapping[str, ParamSpec], needed: bool) -> dict[str, t
         fam = block[0] if block else str(name)
         if fam not in FAMILIES:
             raise _Invalid(key, f"unknown parameter (known: {', '.join(FAMILIES)})")
+        if block is not None and not 1 <= block[1] <= _most_blocks(space):
+            raise _Invalid(
+                key,
+                f"block {block[1]} does not exist: search.space.n_blocks allows at most "
+                f"{_most_blocks(space)}",
+            )
         spec = space.get(fam)
         if isinstance(spec, Fixed):
             if needed:

@@ -77,6 +77,22 @@ def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequent
     )
 
 
+def activation_count(arch: ArchSpec, image_size: int) -> int:
+    """Values one image's forward pass keeps for the backward pass in the conv blocks (the conv
+    output at full resolution, once more with BN and once more with a shortcut, the activation's
+    output, the pooled output), a proxy for a trial's activation memory per image. Parameter count
+    alone misses it: a narrow network with a wide dense layer has many parameters and few
+    activations."""
+    total = 0
+    side = image_size
+    for c in arch.channels:
+        per_map = 2 + int(arch.batch_norm) + int(arch.residual)  # conv, [BN], [sum], activation
+        total += c * side * side * per_map
+        side //= 2
+        total += c * side * side  # pooled
+    return total
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -18,7 +18,7 @@ from hpsearch import __version__
 from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData
-from hpsearch.model import param_count
+from hpsearch.model import activation_count, param_count
 from hpsearch.space import (
     Choice,
     FloatRange,
@@ -49,11 +49,24 @@ def is_out_of_memory(e: BaseException) -> bool:
     )
 
 
+def free_memory(device: torch.device) -> None:
+    """Collect what a failed trial left and give cached device memory back to the driver."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def predicted_oom(
-    trials: list[optuna.trial.FrozenTrial], n_params: int, batch_size: int, device: str
+    trials: list[optuna.trial.FrozenTrial],
+    n_params: int,
+    batch_size: int,
+    device: str,
+    activations: int,
 ) -> optuna.trial.FrozenTrial | None:
-    """A trial on the same device that ran out of memory although it was no larger than this
-    one (no more parameters, no bigger batch), or None. Such a trial would fail the same way."""
+    """A trial on the same device that ran out of memory although this one is no smaller in
+    anything that takes memory (parameters, batch size, activations per image), or None. Such a
+    trial would fail the same way. A failed trial recorded without ``activations`` (older
+    hpsearch) is compared on parameters and batch size only."""
     for t in trials:
         a = t.user_attrs
         if (
@@ -61,6 +74,7 @@ def predicted_oom(
             and a.get("device") == device
             and n_params >= int(a.get("n_params", n_params + 1))
             and batch_size >= int(a.get("batch_size", batch_size + 1))
+            and activations >= int(a.get("activations", 0))
         ):
             return t
     return None
@@ -102,22 +116,28 @@ def device_name(device: torch.device) -> str:
 EpochHook = Callable[[optuna.Trial, EpochMetrics], None]
 
 
+def make_keeper(cfg: StudyConfig, data: DeviceData, artifacts: Path) -> CheckpointKeeper | None:
+    """The keeper of the best ``search.keep_checkpoints`` trials' models in ``artifacts`` (None
+    when the study keeps none). Pass it to :func:`make_objective`, and its ``settle`` to
+    ``study.optimize``'s callbacks."""
+    if cfg.search.keep_checkpoints <= 0:
+        return None
+    return CheckpointKeeper(
+        artifacts, cfg.search.keep_checkpoints, cfg, data.classes, data.image_size, versions()
+    )
+
+
 def make_objective(
     cfg: StudyConfig,
     data: DeviceData,
     on_epoch: EpochHook | None = None,
-    artifacts: Path | None = None,
+    keeper: CheckpointKeeper | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective for ``study.optimize``: returns the final epoch's validation accuracy.
 
-    With ``artifacts`` (a directory), a trial that finishes among the best
-    ``search.keep_checkpoints`` keeps its trained model there as an Optuna artifact.
+    With a ``keeper`` (:func:`make_keeper`), a trial that finishes among the best
+    ``search.keep_checkpoints`` keeps its trained model as an Optuna artifact.
     """
-    keeper = None
-    if artifacts is not None and cfg.search.keep_checkpoints > 0:
-        keeper = CheckpointKeeper(
-            artifacts, cfg.search.keep_checkpoints, cfg, data.classes, data.image_size, versions()
-        )
     static_attrs: dict[str, Any] = {
         "device": device_name(data.device),
         "versions": versions(),
@@ -139,21 +159,23 @@ def make_objective(
         seed = int(trial.user_attrs.get("seed", trial_seed(cfg.search.seed, trial.number)))
         spec = to_trial_spec(values, cfg, seed)
         n_params = param_count(spec.arch, len(data.classes), data.image_size)
+        activations = activation_count(spec.arch, data.image_size)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("n_params", n_params)
         trial.set_user_attr("batch_size", spec.batch_size)
+        trial.set_user_attr("activations", activations)
         for k, v in static_attrs.items():
             trial.set_user_attr(k, v)
         # Samplers never learn from FAIL trials (TPE ignores them), so a trial that is at least as
         # large as one that ran out of memory here is pruned at once: PRUNED with no value ranks
         # below every other trial, which steers TPE away from that corner of the space.
         failed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        twin = predicted_oom(failed, n_params, spec.batch_size, static_attrs["device"])
+        twin = predicted_oom(failed, n_params, spec.batch_size, static_attrs["device"], activations)
         if twin is not None:
             reason = (
                 f"predicted out of memory: trial {twin.number} ran out of memory with no more "
-                f"parameters ({twin.user_attrs['n_params']:,}) and no bigger batch "
-                f"({twin.user_attrs['batch_size']})"
+                f"parameters ({twin.user_attrs['n_params']:,}), no bigger batch "
+                f"({twin.user_attrs['batch_size']}) and no more activations per image"
             )
             trial.set_user_attr("pruned_reason", reason)
             raise optuna.TrialPruned(reason)
@@ -180,6 +202,7 @@ def make_objective(
                 trial.set_user_attr("pruned_reason", reason)
                 raise optuna.TrialPruned(reason)
 
+        oom_reason = None
         try:
             result = fit(spec, data, report, cfg.train.eval_batch_size)
         except NonFiniteLoss as e:
@@ -189,14 +212,15 @@ def make_objective(
             if not is_out_of_memory(e):
                 raise
             where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
-            reason = f"out of {where} memory: {(str(e).splitlines() or [''])[0][:300]}"
-            del e  # drop the traceback's references to the frames holding the tensors
-            gc.collect()
-            if data.device.type == "cuda":
-                torch.cuda.empty_cache()
+            oom_reason = f"out of {where} memory: {(str(e).splitlines() or [''])[0][:300]}"
+        if oom_reason is not None:
+            # Recover only here, after the except block: inside it the exception's traceback
+            # still holds fit()'s frames (model, optimizer state, activations), so nothing would
+            # be freed (pytorch issue 18853).
+            free_memory(data.device)
             trial.set_user_attr("oom", True)
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialOutOfMemory(reason) from None
+            trial.set_user_attr("fail_reason", oom_reason)
+            raise TrialOutOfMemory(oom_reason)
         if keeper is not None:
             keeper.offer(trial, result.model, spec.arch, result.val_accuracy)
         return result.val_accuracy

@@ -235,6 +235,9 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
     or "exhausted" (every point finished, or nothing left that Optuna would not repeat)."""
     names = sorted(cfg.search.grid)
     points = set(itertools.product(*(cfg.search.grid[n] for n in names)))
+    # GridSampler's own test of "a trial of this grid": the search space it recorded (a study
+    # whose grid was changed keeps the old grid's trials, which must not count as visited)
+    space = {n: list(cfg.search.grid[n]) for n in names}
 
     def check(study: optuna.Study) -> str:
         from hpsearch.workers import fresh_trials
@@ -248,7 +251,7 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 done.add(tuple(t.params.get(n) for n in names))
             running = running or t.state == TrialState.RUNNING
-            if "grid_id" in t.system_attrs:
+            if "grid_id" in t.system_attrs and t.system_attrs.get("search_space") == space:
                 visited.add(t.system_attrs["grid_id"])
         if points <= done:
             return "exhausted"
