@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import statistics
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -143,6 +144,21 @@ def test_confirm_records_runs_and_keeps_the_winner(fresh: Path) -> None:
     photo = sorted((fresh / "unseen" / "cat").iterdir())[0]
     r = hpsearch(["predict", "--study", "smoke", "--confirmed", str(photo)], fresh)
     assert r.returncode == 0 and r.stdout.startswith(str(photo)), r.stderr
+
+    # serve --confirmed answers with the confirmed checkpoint, and says so on /model
+    from test_serve import start, stops_cleanly
+
+    proc, base = start("--study smoke --confirmed --device cpu", fresh, fresh / "serve.log")
+    try:
+        with urllib.request.urlopen(f"{base}/model", timeout=30) as resp:
+            info = json.load(resp)
+    finally:
+        lines = stops_cleanly(proc, signal.SIGINT, fresh / "serve.log")
+    assert lines[0].startswith(f"serving trial {winner.number} of study 'smoke'")
+    assert info["trial"] == winner.number
+    assert info["confirmed_val_accuracy"]["mean"] == pytest.approx(c["val_accuracy_mean"])
+    r = hpsearch(argv("serve --study smoke --confirmed --trial 0"), fresh)
+    one_line_error(r, "--confirmed and --trial")
 
     # again: nothing left to train, the same winner
     r = hpsearch(argv("confirm --study smoke --top 2 --seeds 2"), fresh)

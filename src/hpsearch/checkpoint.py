@@ -41,6 +41,7 @@ from hpsearch.config import StudyConfig, config_from_dict
 from hpsearch.model import build_model
 from hpsearch.space import params_source, sample_values, to_trial_spec
 from hpsearch.spec import ArchSpec
+from hpsearch.study import is_feasible
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ class CheckpointKeeper:
         from hpsearch.workers import fresh_trials
 
         return [
-            t for t in fresh_trials(study) if t.state == TrialState.COMPLETE and t.value is not None
+            t
+            for t in fresh_trials(study)
+            if t.state == TrialState.COMPLETE and t.value is not None and is_feasible(t)
         ]
 
     def _top(self, done: list[FrozenTrial], finishing: tuple[float, int] | None) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hpsearch.cli_results import _device, _open, _results_args, _trial_number
+from hpsearch.cli_results import _confirmed_arg, _device, _open, _results_args, _trial_number
 
 
 def _best_or_number(text: str) -> int | None:
@@ -48,8 +48,10 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
         type=_best_or_number,
         default="best",  # argparse converts it: None, the best completed trial
         metavar="best|N",
-        help="the trial whose checkpoint answers: the best completed one, or its number",
+        help="the trial whose checkpoint answers: the best completed one (within the study's "
+        "deployment budget, if it has one), or its number",
     )
+    _confirmed_arg(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
@@ -82,13 +84,20 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpsearch.checkpoint import load_checkpoint
     from hpsearch.dashboard import dashboard_url
-    from hpsearch.results import keep_hint, pick_trial
+    from hpsearch.errors import ConfigError
+    from hpsearch.results import confirmed_checkpoint_path, confirmed_trial, keep_hint, pick_trial
     from hpsearch.serve import Limits, Model, create_app, listen, model_info, run
     from hpsearch.study import mask_url
 
     study, url, store = _open(args)
-    trial = pick_trial(study, args.trial)
-    ckpt = load_checkpoint(trial, store, keep_hint(study, store))
+    if args.confirmed:
+        if args.trial is not None:
+            raise ConfigError("--confirmed and --trial: give one of them")
+        trial, c = confirmed_trial(study)
+        ckpt = load_checkpoint(trial, store, path=confirmed_checkpoint_path(c, store))
+    else:
+        trial = pick_trial(study, args.trial)
+        ckpt = load_checkpoint(trial, store, keep_hint(study, store))
     model = Model(ckpt, _device(args.device))
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -70,6 +70,21 @@ class NamedOptions:
 
 
 @dataclass(frozen=True)
+class Constraints:
+    """A deployment budget (``search.constraints``): trials over it are infeasible. A trial with
+    more parameters than ``max_params`` is pruned before it trains; ``max_latency_ms`` is
+    judged on the trained model's inference time per image at batch 1 on ``latency_device``."""
+
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+    latency_device: str = "cpu"  # cpu | train (the device the trial trained on)
+
+    @property
+    def any(self) -> bool:
+        return self.max_params is not None or self.max_latency_ms is not None
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     sampler: NamedOptions
     pruner: NamedOptions
@@ -79,6 +94,7 @@ class SearchConfig:
     grid: Mapping[str, tuple[Scalar, ...]]  # parameter -> values, for the grid sampler
     keep_checkpoints: int = 3  # checkpoints of the best trials kept as artifacts; 0 = none
     near_baseline: int = 0  # start-up trials keeping a random half of the baseline's choices
+    constraints: Constraints = Constraints()
 
 
 @dataclass(frozen=True)
@@ -357,6 +373,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             "space",
             "grid",
             "keep_checkpoints",
+            "constraints",
         ),
     )
     space_raw = _section(s, "space", "search.", tuple(FAMILIES))
@@ -374,6 +391,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         grid=MappingProxyType(grid),
         keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
         near_baseline=_req_int(s, "near_baseline", "search.near_baseline", 0, 0),
+        constraints=_constraints(s),
     )
     if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
@@ -506,6 +524,31 @@ def _plain_spec(fam: str, raw: Any, key: str) -> Plain:
                 )
         return IntRange(int(low), int(high), log, int(step or 1))
     return FloatRange(float(low), float(high), log, None if step is None else float(step))
+
+
+def _constraints(search: Mapping[str, Any]) -> Constraints:
+    c = _section(
+        search, "constraints", "search.", ("max_params", "max_latency_ms", "latency_device")
+    )
+    latency = c.get("max_latency_ms")
+    if latency is not None and (
+        isinstance(latency, bool) or not isinstance(latency, int | float) or not latency > 0
+    ):
+        raise _Invalid(
+            "search.constraints.max_latency_ms",
+            f"expected a positive number of milliseconds, got {_tname(latency)} {latency!r}",
+        )
+    device = c.get("latency_device", "cpu")
+    if device not in ("cpu", "train"):
+        raise _Invalid(
+            "search.constraints.latency_device",
+            f"expected cpu or train (the device the trial trained on), got {device!r}",
+        )
+    return Constraints(
+        max_params=_int(c, "max_params", "search.constraints.max_params", None, 1),
+        max_latency_ms=None if latency is None else float(latency),
+        latency_device=str(device),
+    )
 
 
 def _most_blocks(space: Mapping[str, ParamSpec]) -> int:

@@ -18,6 +18,7 @@ from hpsearch import __version__
 from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData
+from hpsearch.latency import latency_ms
 from hpsearch.model import activation_count, param_count
 from hpsearch.space import (
     Choice,
@@ -166,6 +167,18 @@ def make_objective(
         trial.set_user_attr("activations", activations)
         for k, v in static_attrs.items():
             trial.set_user_attr(k, v)
+        limits = cfg.search.constraints
+        if limits.max_params is not None:
+            # recorded with Optuna's constraint support, so the sampler learns to avoid the
+            # region; a model over the budget is known before it trains, so it never does
+            trial.set_constraint("max_params", n_params - limits.max_params)
+            if n_params > limits.max_params:
+                reason = (
+                    f"over the deployment budget: {n_params:,} parameters > "
+                    f"search.constraints.max_params {limits.max_params:,}"
+                )
+                trial.set_user_attr("pruned_reason", reason)
+                raise optuna.TrialPruned(reason)
         # Samplers never learn from FAIL trials (TPE ignores them), so a trial that is at least as
         # large as one that ran out of memory here is pruned at once: PRUNED with no value ranks
         # below every other trial, which steers TPE away from that corner of the space.
@@ -221,7 +234,15 @@ def make_objective(
             trial.set_user_attr("oom", True)
             trial.set_user_attr("fail_reason", oom_reason)
             raise TrialOutOfMemory(oom_reason)
-        if keeper is not None:
+        feasible = True
+        if limits.max_latency_ms is not None:
+            on = torch.device("cpu") if limits.latency_device == "cpu" else data.device
+            ms = latency_ms(result.model, data.image_size, on)
+            trial.set_user_attr("latency_ms", round(ms, 4))
+            trial.set_user_attr("latency_device", device_name(on))
+            trial.set_constraint("max_latency_ms", ms - limits.max_latency_ms)
+            feasible = ms <= limits.max_latency_ms
+        if keeper is not None and feasible:  # a model over the budget is not one to deploy
             keeper.offer(trial, result.model, spec.arch, result.val_accuracy)
         return result.val_accuracy
 

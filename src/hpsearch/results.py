@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
-from hpsearch.study import mask_url, open_storage
+from hpsearch.study import is_feasible, mask_url, open_storage
 from hpsearch.workers import TARGET_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -73,12 +73,12 @@ def open_existing(url: str, name: str) -> optuna.Study:
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first (the earlier trial first on equal values: the same order
-    that decides which checkpoints are kept)."""
+    """Completed trials within the deployment budget, best first (the earlier trial first on
+    equal values: the same order that decides which checkpoints are kept)."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
+        if t.value is not None and math.isfinite(t.value) and is_feasible(t)
     ]
     return sorted(done, key=lambda t: (-float(t.value or 0.0), t.number))
 
@@ -88,10 +88,13 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     if number is None:
         best = ranked(study)
         if not best:
-            n = len(study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
+            n = len(trials)
+            over = sum(1 for t in trials if t.state == TrialState.COMPLETE and not is_feasible(t))
             raise StorageError(
-                f"study {study.study_name!r} has no completed trial yet "
-                f"({n} trial{'' if n == 1 else 's'} in all)"
+                f"study {study.study_name!r} has no completed trial "
+                + (f"within its deployment budget ({over} completed over it, " if over else "yet (")
+                + f"{n} trial{'' if n == 1 else 's'} in all)"
             )
         return best[0]
     for t in study.get_trials(deepcopy=False):
@@ -158,6 +161,12 @@ def status_text(study: optuna.Study, url: str) -> str:
         f"study {study.study_name!r} in {mask_url(url)}: {len(trials)} trials",
         "trials: " + ", ".join(f"{states.get(s, 0)} {s.lower()}" for s in order),
     ]
+    over = [t for t in trials if t.state in FINISHED and not is_feasible(t)]
+    if over or any(t.constraints for t in trials):
+        lines.append(
+            f"infeasible: {len(over)} finished trial{'' if len(over) == 1 else 's'} over the "
+            "deployment budget (search.constraints); best, export and serve skip them"
+        )
     best = ranked(study)
     if best:
         lines.append(f"best: val_accuracy {best[0].value:.4f} in trial {best[0].number}")

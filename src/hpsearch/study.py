@@ -32,6 +32,12 @@ SCHEMES = ("sqlite", "postgresql", "mysql")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
+    """Within the study's deployment budget (``search.constraints``): every constraint Optuna
+    recorded for the trial is <= 0 (a trial with none is feasible)."""
+    return all(v <= 0 for v in t.constraints.values())
+
+
 def storage_url(cli_value: str | None) -> str:
     """``--storage``, else ``$HPSEARCH_STORAGE``, else an SQLite file in the working directory."""
     return cli_value or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE
