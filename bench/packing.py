@@ -19,26 +19,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.space import seed_spec
+from hpsearch.spec import ArchSpec
 
 MODELS = {
-    "seed": TrialSpec(
-        ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512),
-        OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9),
-        32,
-        1,
-        0,
-        (0.35, 1.0),
-        True,
-    ),
-    "large": TrialSpec(
-        ArchSpec((64, 128, 256, 256), (5, 5, 3, 3), "gelu", True, True, 0.3, 1024),
-        OptimSpec("adamw", 1e-3, 1e-4, 0.9, 10, 0.9),
-        128,
-        1,
-        0,
-        (0.35, 1.0),
-        True,
+    "seed": seed_spec(epochs=1),
+    "large": replace(
+        seed_spec(epochs=1),
+        arch=ArchSpec(
+            channels=(64, 128, 256, 256),
+            kernel_sizes=(5, 5, 3, 3),
+            activation="gelu",
+            batch_norm=True,
+            residual=True,
+            dropout=0.3,
+            dense_units=1024,
+        ),
+        optim=replace(seed_spec().optim, optimizer="adamw"),
+        batch_size=128,
     ),
 }
 

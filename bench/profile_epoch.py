@@ -20,18 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from hpsearch.config import DataConfig
 from hpsearch.data import load_data
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.space import seed_spec
 from hpsearch.train import fit, resolve_device
 
-SEED = TrialSpec(
-    ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512),
-    OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9),
-    32,
-    1,
-    0,
-    (0.35, 1.0),
-    True,
-)
+SEED = seed_spec(epochs=1)
 # Operators that belong to the input pipeline rather than to the model's forward/backward/step.
 PIPELINE = (
     "aten::index",

@@ -47,12 +47,12 @@ from hpsearch.config import DataConfig
 from hpsearch.data import load_data
 from hpsearch.model import build_model
 from hpsearch.runtime import tune_host
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.space import seed_spec
 from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD, fit, make_optimizer, resolve_device
 
-SEED_ARCH = ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512)
-SEED_OPTIM = OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9)
-BATCH = 32
+SEED = seed_spec(epochs=1)
+SEED_ARCH, SEED_OPTIM = SEED.arch, SEED.optim
+BATCH = SEED.batch_size
 WARMUP = 5
 ROWS = {
     "seed": "seed pipeline as written (0 workers)",
@@ -175,7 +175,7 @@ def engine_rate(root: Path, size: int, steps: int, device: torch.device) -> dict
         val_images=data.val_images[:BATCH],
         val_labels=data.val_labels[:BATCH],
     )
-    spec = TrialSpec(SEED_ARCH, SEED_OPTIM, BATCH, 1, 0, (0.35, 1.0), True)
+    spec = SEED
     warm = replace(
         sub,
         train_images=sub.train_images[: WARMUP * BATCH],

@@ -196,7 +196,15 @@ def test_two_trials_finishing_together_leave_keep_checkpoints_files(tmp_path: Pa
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
     store = tmp_path / "store"
     keeper = CheckpointKeeper(store, 1, load_study("smoke"), ("cat", "dog"), 32, {})
-    arch = ArchSpec((8,), (3,), "relu", False, False, 0.0, 8)
+    arch = ArchSpec(
+        channels=(8,),
+        kernel_sizes=(3,),
+        activation="relu",
+        batch_norm=False,
+        residual=False,
+        dropout=0.0,
+        dense_units=8,
+    )
     model = build_model(arch, 2, 32)
     a, b = study.ask(), study.ask()  # two workers' trials, both running
     assert keeper.offer(a, model, arch, 0.8) and keeper.offer(b, model, arch, 0.7)

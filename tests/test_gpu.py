@@ -18,7 +18,7 @@ from hpsearch.data import DeviceData, load_data
 from hpsearch.gpu_plan import MAX_PER_GPU, probe, trials_per_gpu
 from hpsearch.launcher import plan_slots
 from hpsearch.objective import TrialOutOfMemory, make_objective
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
+from hpsearch.space import seed_spec
 from hpsearch.train import fit
 
 pytestmark = [
@@ -28,15 +28,7 @@ pytestmark = [
     ),
 ]
 
-SEED = TrialSpec(
-    ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512),
-    OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9),
-    32,
-    2,
-    0,
-    (0.35, 1.0),
-    True,
-)
+SEED = seed_spec(epochs=2)
 
 
 @pytest.fixture(scope="module")

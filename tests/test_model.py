@@ -44,7 +44,15 @@ def test_variants(activation: str, bn: bool, res: bool) -> None:
 
 
 def test_seed_baseline_parameter_count() -> None:
-    seed = ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512)
+    seed = ArchSpec(
+        channels=(32, 64, 128),
+        kernel_sizes=(3, 3, 3),
+        activation="relu",
+        batch_norm=False,
+        residual=False,
+        dropout=0.0,
+        dense_units=512,
+    )
     # convs 896 + 18496 + 73856, dense 128*8*8*512 + 512, logits 512*2 + 2
     assert count_params(build_model(seed, 2, 64)) == 896 + 18496 + 73856 + 8192 * 512 + 512 + 1026
 
@@ -73,7 +81,15 @@ def test_activation_count_matches_what_a_forward_pass_produces(bn: bool, res: bo
     conv blocks (plus the residual sum, which is no module)."""
     from hpsearch.model import ConvBlock, activation_count
 
-    arch = ArchSpec((8, 16, 32), (3, 5, 3), "relu", bn, res, 0.0, 16)
+    arch = ArchSpec(
+        channels=(8, 16, 32),
+        kernel_sizes=(3, 5, 3),
+        activation="relu",
+        batch_norm=bn,
+        residual=res,
+        dropout=0.0,
+        dense_units=16,
+    )
     model = build_model(arch, 2, 40)
     seen: list[int] = []
     for block in model:
@@ -93,7 +109,23 @@ def test_a_narrow_network_with_a_wide_dense_layer_has_more_parameters_and_fewer_
     """Why out-of-memory prediction compares activations too, not parameters alone."""
     from hpsearch.model import activation_count
 
-    wide = ArchSpec((256, 256, 256), (3, 3, 3), "relu", True, False, 0.0, 64)
-    narrow = ArchSpec((8, 8, 8), (3, 3, 3), "relu", True, False, 0.0, 4096)
+    wide = ArchSpec(
+        channels=(256, 256, 256),
+        kernel_sizes=(3, 3, 3),
+        activation="relu",
+        batch_norm=True,
+        residual=False,
+        dropout=0.0,
+        dense_units=64,
+    )
+    narrow = ArchSpec(
+        channels=(8, 8, 8),
+        kernel_sizes=(3, 3, 3),
+        activation="relu",
+        batch_norm=True,
+        residual=False,
+        dropout=0.0,
+        dense_units=4096,
+    )
     assert param_count(narrow, 2, 128) > param_count(wide, 2, 128)
     assert activation_count(narrow, 128) * 10 < activation_count(wide, 128)

@@ -20,6 +20,7 @@ from hpsearch.space import (
     contains,
     near_baseline_params,
     sample_values,
+    seed_spec,
     split_block_name,
     to_trial_spec,
 )
@@ -67,6 +68,8 @@ def test_baseline_is_the_seed_cnn() -> None:
     assert "momentum" not in params  # fixed, so not a searched parameter
     spec = to_trial_spec(sample_values(cfg.search, Recorder(baseline_value)), cfg, 0)
     assert spec.arch.channels == (32, 64, 128) and not spec.arch.batch_norm
+    # the one source that benchmarks and the GPU probe take it from
+    assert seed_spec(cfg.train.epochs, 0, cfg.train.crop_scale, cfg.train.flip) == spec
 
 
 def test_grid_mode_asks_only_grid_parameters() -> None:

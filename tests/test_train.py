@@ -19,10 +19,25 @@ def data(data_root: Path) -> DeviceData:
 
 
 def spec(epochs: int = 4, lr: float = 2e-3, optimizer: str = "adam", **kw: object) -> TrialSpec:
-    arch = ArchSpec((16, 32), (3, 3), "relu", True, False, 0.0, 64)
+    arch = ArchSpec(
+        channels=(16, 32),
+        kernel_sizes=(3, 3),
+        activation="relu",
+        batch_norm=True,
+        residual=False,
+        dropout=0.0,
+        dense_units=64,
+    )
     base: dict[str, object] = dict(
         arch=arch,
-        optim=OptimSpec(optimizer, lr, 1e-4, 0.9, 10, 0.9),
+        optim=OptimSpec(
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=1e-4,
+            momentum=0.9,
+            lr_decay_step=10,
+            lr_decay_gamma=0.9,
+        ),
         batch_size=32,
         epochs=epochs,
         seed=0,
@@ -51,14 +66,37 @@ def test_same_seed_same_result(data: DeviceData) -> None:
 
 
 def test_step_lr_decays_every_step_epochs(data: DeviceData) -> None:
-    s = spec(epochs=4, optim=OptimSpec("sgd", 0.01, 0.0, 0.9, 2, 0.5))
+    s = spec(
+        epochs=4,
+        optim=OptimSpec(
+            optimizer="sgd",
+            lr=0.01,
+            weight_decay=0.0,
+            momentum=0.9,
+            lr_decay_step=2,
+            lr_decay_gamma=0.5,
+        ),
+    )
     lrs = [m.lr for m in fit(s, data).history]
     assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005])
 
 
 def test_diverging_loss_raises(data: DeviceData) -> None:
     with pytest.raises(NonFiniteLoss, match="epoch 1"):
-        fit(spec(epochs=2, optim=OptimSpec("sgd", 1e30, 0.0, 0.9, 10, 0.9)), data)
+        fit(
+            spec(
+                epochs=2,
+                optim=OptimSpec(
+                    optimizer="sgd",
+                    lr=1e30,
+                    weight_decay=0.0,
+                    momentum=0.9,
+                    lr_decay_step=10,
+                    lr_decay_gamma=0.9,
+                ),
+            ),
+            data,
+        )
 
 
 def test_on_epoch_can_stop_training(data: DeviceData) -> None:

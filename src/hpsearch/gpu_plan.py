@@ -26,7 +26,15 @@ from dataclasses import dataclass
 
 from hpsearch.config import StudyConfig
 from hpsearch.errors import HpsearchError
-from hpsearch.space import FAMILIES, Choice, FloatRange, IntRange, ParamSpec, sample_values
+from hpsearch.space import (
+    FAMILIES,
+    Choice,
+    FloatRange,
+    IntRange,
+    ParamSpec,
+    sample_values,
+    seed_spec,
+)
 from hpsearch.spec import TrialSpec
 
 MAX_PER_GPU = 8
@@ -112,7 +120,6 @@ def probe_here(cfg: StudyConfig) -> Probe:
     import torch
 
     from hpsearch.data import DeviceData, list_split
-    from hpsearch.spec import ArchSpec, OptimSpec
     from hpsearch.train import fit
 
     dev = torch.device("cuda")
@@ -136,15 +143,7 @@ def probe_here(cfg: StudyConfig) -> Probe:
         fit(replace(spec, epochs=1), synthetic(2 * spec.batch_size), eval_batch_size=64)
         peak = max(peak, torch.cuda.max_memory_reserved(dev))
 
-    seed = TrialSpec(
-        ArchSpec((32, 64, 128), (3, 3, 3), "relu", False, False, 0.0, 512),
-        OptimSpec("adam", 1e-3, 1e-4, 0.9, 10, 0.9),
-        32,
-        1,
-        0,
-        cfg.train.crop_scale,
-        cfg.train.flip,
-    )
+    seed = seed_spec(1, 0, cfg.train.crop_scale, cfg.train.flip)
     data = synthetic(32 * 60)
     fit(replace(seed, epochs=1), synthetic(32 * 5), eval_batch_size=64)  # warm-up, cudnn autotune
     from torch.profiler import ProfilerActivity, profile

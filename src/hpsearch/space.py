@@ -279,6 +279,29 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
 
 def to_trial_spec(values: Mapping[str, Any], cfg: StudyConfig, seed: int) -> TrialSpec:
     """Build the plain spec ``fit`` takes from resolved family values and the study config."""
+    return _trial_spec(values, cfg.train.epochs, seed, cfg.train.crop_scale, cfg.train.flip)
+
+
+def seed_spec(
+    epochs: int = 1,
+    seed: int = 0,
+    crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = True,
+) -> TrialSpec:
+    """The seed's hand-tuned CNN (``BASELINE``) as a spec, for benchmarks and probes: the one
+    source, so that no script retypes it."""
+    n = int(BASELINE["n_blocks"])
+    per_block = {f: tuple(v(i) for i in range(1, n + 1)) for f, v in BASELINE_PER_BLOCK.items()}
+    return _trial_spec({**BASELINE, **per_block}, epochs, seed, crop_scale, flip)
+
+
+def _trial_spec(
+    values: Mapping[str, Any],
+    epochs: int,
+    seed: int,
+    crop_scale: tuple[float, float],
+    flip: bool,
+) -> TrialSpec:
     return TrialSpec(
         arch=ArchSpec(
             channels=tuple(int(c) for c in values["channels"]),
@@ -299,10 +322,10 @@ def to_trial_spec(values: Mapping[str, Any], cfg: StudyConfig, seed: int) -> Tri
             lr_decay_gamma=float(values["lr_decay_gamma"]),
         ),
         batch_size=int(values["batch_size"]),
-        epochs=cfg.train.epochs,
+        epochs=epochs,
         seed=seed,
-        crop_scale=cfg.train.crop_scale,
-        flip=cfg.train.flip,
+        crop_scale=crop_scale,
+        flip=flip,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArchSpec:
     """The CNN: ``len(channels)`` conv blocks (conv, [BN], act, [residual], 2x2 max-pool), then
     the head (``flatten``: the seed's flatten of the whole feature map; ``gap``: global average
@@ -30,7 +30,7 @@ class ArchSpec:
         return len(self.channels)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimSpec:
     """Optimizer and learning-rate schedule (StepLR: every ``lr_decay_step`` epochs the rate is
     multiplied by ``lr_decay_gamma``)."""
@@ -43,7 +43,7 @@ class OptimSpec:
     lr_decay_gamma: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialSpec:
     """Everything ``fit`` needs to train one configuration, reproducibly."""
 
