@@ -119,3 +119,26 @@ def test_run_best_and_status_respect_the_budget(tmp_path: Path) -> None:
     assert f"\ntrial: {winner.number}\n" in best.stdout
     status = hpsearch(["status", "--study", "smoke"], tmp_path)
     assert f"infeasible: {len(over)} finished trial" in status.stdout
+
+
+def test_a_heartbeat_retry_keeps_its_originals_constraint_without_a_warning(
+    data: DeviceData, recwarn: pytest.WarningsRecorder
+) -> None:
+    """RetryFailedTrialCallback copies the stale trial's system attributes, its constraint
+    included; setting it again would make Optuna warn on every retried trial."""
+    cfg = smoke("search.constraints={max_params: 100000}")
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(SMALL)
+    study.optimize(make_objective(cfg, data), n_trials=1)
+    original = study.trials[0]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            system_attrs={**original.system_attrs, "failed_trial": original.number},
+        )
+    )
+    study.optimize(make_objective(cfg, data), n_trials=1)
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.constraints == {"max_params": original.constraints["max_params"]}
+    assert not [w for w in recwarn if "constraint" in str(w.message)]

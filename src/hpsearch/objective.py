@@ -171,7 +171,9 @@ def make_objective(
         if limits.max_params is not None:
             # recorded with Optuna's constraint support, so the sampler learns to avoid the
             # region; a model over the budget is known before it trains, so it never does
-            trial.set_constraint("max_params", n_params - limits.max_params)
+            # (a heartbeat retry copies its original's system attributes, this one included)
+            if "max_params" not in trial.constraints:
+                trial.set_constraint("max_params", n_params - limits.max_params)
             if n_params > limits.max_params:
                 reason = (
                     f"over the deployment budget: {n_params:,} parameters > "
