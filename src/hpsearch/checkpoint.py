@@ -77,6 +77,11 @@ def checkpoint_blob(
     }
 
 
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """``a`` is at least as accurate and no slower (smaller), and better in one of the two."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
 class CheckpointKeeper:
     """Saves a finishing trial's model when it ranks among the K best completed trials, and
     removes the files of trials that fall out (ranked by value, the earlier trial first on ties).
@@ -98,15 +103,23 @@ class CheckpointKeeper:
         self.image_size = image_size
         self.versions = dict(versions)
 
-    def offer(self, trial: optuna.Trial, model: nn.Module, arch: ArchSpec, value: float) -> bool:
-        """Called by the objective with the trained model, before the trial is told COMPLETE.
+    def offer(
+        self,
+        trial: optuna.Trial,
+        model: nn.Module,
+        arch: ArchSpec,
+        values: float | tuple[float, float],
+    ) -> bool:
+        """Called by the objective with the trained model and the trial's value (or its two
+        values), before the trial is told COMPLETE.
 
         Returns whether a checkpoint was saved. A failure to write (a full disk) is logged and
         recorded in the trial's ``checkpoint_error`` attribute; the trial still completes.
         """
+        vals = (values,) if isinstance(values, float | int) else tuple(values)
         done = self._completed(trial.study)
-        top = self._top(done, (value, trial.number))
-        saved = trial.number in top and self._save(trial, model, arch, value)
+        top = self._top(done, (vals, trial.number))
+        saved = trial.number in top and self._save(trial, model, arch, vals[0])
         self._evict(trial.study, done, top, also_kept=[trial.number] if saved else [])
         return saved
 
@@ -127,18 +140,21 @@ class CheckpointKeeper:
         return [
             t
             for t in fresh_trials(study)
-            if t.state == TrialState.COMPLETE and t.value is not None and is_feasible(t)
+            if t.state == TrialState.COMPLETE and t.values and is_feasible(t)
         ]
 
-    def _top(self, done: list[FrozenTrial], finishing: tuple[float, int] | None) -> list[int]:
-        """The K best trial numbers among the completed ones (and the one finishing, if any),
-        ranked by value, the earlier trial first on ties."""
-        ranked = sorted(
-            [(float(t.value), t.number) for t in done if t.value is not None]
-            + ([finishing] if finishing is not None else []),
-            key=lambda vn: (-vn[0], vn[1]),
-        )
-        return [n for _, n in ranked[: self.keep]]
+    def _top(
+        self, done: list[FrozenTrial], finishing: tuple[tuple[float, ...], int] | None
+    ) -> list[int]:
+        """The trials to keep a file for, best first: the K most accurate among the completed
+        ones (and the one finishing, if any), the earlier trial first on ties; in a study with
+        two objectives, every trial on the Pareto front (accuracy up, the second one down)."""
+        points = [(tuple(float(v) for v in t.values), t.number) for t in done if t.values]
+        points += [finishing] if finishing is not None else []
+        by_accuracy = sorted(points, key=lambda p: (-p[0][0], *p[0][1:], p[1]))
+        if len(self.cfg.search.objectives) < 2:
+            return [n for _, n in by_accuracy[: self.keep]]
+        return [n for v, n in by_accuracy if not any(_dominates(w, v) for w, _ in points)]
 
     def _evict(
         self, study: optuna.Study, done: list[FrozenTrial], top: list[int], also_kept: list[int]

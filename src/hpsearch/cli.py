@@ -440,12 +440,16 @@ def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> in
         f"done: {done - before} trials finished in this run; the study has {done} finished"
         f" ({failed} failed, {running} running)"
     )
-    try:
-        best = study.best_trial
+    from hpsearch.results import ranked
+
+    top = ranked(study)
+    if top:
+        best = top[0]
         print(
-            f"best: val_accuracy {best.value:.4f} in trial {best.number}: {json.dumps(best.params)}"
+            f"best: val_accuracy {best.values[0]:.4f} in trial {best.number}: "
+            f"{json.dumps(best.params)}"
         )
-    except ValueError:
+    else:
         print("best: no completed trial yet")
     storage_flag = "" if url == storage_url(None) else f" --storage {mask_url(url)}"
     print(f"browse: hpsearch dashboard --study {study.study_name}{storage_flag}")
@@ -560,10 +564,9 @@ def _stored_trial(
         cfg, open_storage(storage_url(args.storage)), args.study_name or cfg.name, create=False
     )
     if label == "best":
-        try:
-            return study.best_trial
-        except ValueError:
-            raise StorageError(f"study {study.study_name!r} has no completed trial yet") from None
+        from hpsearch.results import pick_trial
+
+        return pick_trial(study, None)
     for t in study.get_trials(deepcopy=False):
         if t.number == int(label):
             return t

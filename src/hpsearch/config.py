@@ -39,6 +39,8 @@ from hpsearch.space import (
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
+# what a trial can be judged on, and which way is better; the first objective is always accuracy
+OBJECTIVES = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize"}
 DEVICES = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEFAULT_DATA_ROOT = "data/catdog"
 STUDIES_DIR = "studies"
@@ -95,6 +97,12 @@ class SearchConfig:
     keep_checkpoints: int = 3  # checkpoints of the best trials kept as artifacts; 0 = none
     near_baseline: int = 0  # start-up trials keeping a random half of the baseline's choices
     constraints: Constraints = Constraints()
+    # ("val_accuracy",), or with a second objective a Pareto front: latency_ms or params
+    objectives: tuple[str, ...] = ("val_accuracy",)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
 
 
 @dataclass(frozen=True)
@@ -374,6 +382,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             "grid",
             "keep_checkpoints",
             "constraints",
+            "objectives",
         ),
     )
     space_raw = _section(s, "space", "search.", tuple(FAMILIES))
@@ -392,7 +401,19 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
         near_baseline=_req_int(s, "near_baseline", "search.near_baseline", 0, 0),
         constraints=_constraints(s),
+        objectives=_objectives(s.get("objectives", ["val_accuracy"])),
     )
+    if len(search.objectives) > 1:
+        if search.pruner.name != "none":
+            raise _Invalid(
+                "search.pruner",
+                f"{search.pruner.name} cannot prune a study with two objectives (Optuna does not "
+                "prune multi-objective studies); set search.pruner: none",
+            )
+        if sampler.name == "cmaes":
+            raise _Invalid(
+                "search.sampler", "cmaes takes one objective; use tpe, gp, random, qmc or grid"
+            )
     if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
             fam = split_block_name(name)
@@ -524,6 +545,26 @@ def _plain_spec(fam: str, raw: Any, key: str) -> Plain:
                 )
         return IntRange(int(low), int(high), log, int(step or 1))
     return FloatRange(float(low), float(high), log, None if step is None else float(step))
+
+
+def _objectives(raw: Any) -> tuple[str, ...]:
+    key = "search.objectives"
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise _Invalid(key, f"expected a list of objective names, got {_tname(raw)} {raw!r}")
+    unknown = [o for o in raw if o not in OBJECTIVES]
+    if unknown:
+        raise _Invalid(
+            key, f"unknown objective {unknown[0]!r} (choose from {', '.join(OBJECTIVES)})"
+        )
+    if not raw or raw[0] != "val_accuracy" or len(raw) > 2 or len(set(raw)) != len(raw):
+        raise _Invalid(
+            key,
+            "expected [val_accuracy], or [val_accuracy, latency_ms] or [val_accuracy, params] "
+            f"for a Pareto front, got {raw!r}",
+        )
+    return tuple(raw)
 
 
 def _constraints(search: Mapping[str, Any]) -> Constraints:

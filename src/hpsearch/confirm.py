@@ -531,7 +531,7 @@ def record_winner(study: optuna.Study, winner: Row, top: int, seeds: int) -> dic
         "test_data": a.get(CONFIRM_TEST_DATA),
         "checkpoint": a.get(CONFIRM_CHECKPOINT),
         "seed": kept.get("seed"),
-        "search_val_accuracy": winner.trial.value,
+        "search_val_accuracy": winner.trial.values[0],
         "top": top,
         "seeds": seeds,
     }
@@ -555,7 +555,7 @@ def table(rows: Sequence[Row], winner: Row | None, seeds: int) -> str:
         runs = [x for x in a.get(CONFIRM_RUNS) or [] if isinstance(x, dict)]
         diverged = sum(1 for x in runs if x.get("val_accuracy") is None)
         line = (
-            f"{r.trial.number:>5}  {r.trial.value or 0.0:>10.4f}  "
+            f"{r.trial.number:>5}  {r.trial.values[0] if r.trial.values else 0.0:>10.4f}  "
             f"{pm(a.get(CONFIRM_VAL_MEAN), a.get(CONFIRM_VAL_STD)):>26}  "
             f"{f'{len(runs)}/{seeds}':>5}"
         )
@@ -693,7 +693,7 @@ def cmd_confirm(args: Any) -> int:
     _say(
         f"winner: trial {doc['trial']}, confirmed val_accuracy {doc['val_accuracy_mean']:.4f} "
         f"± {doc['val_accuracy_std']:.4f} over {doc['n']} seeds{test_text} (the search "
-        f"measured {winner.trial.value:.4f} once)"
+        f"measured {winner.trial.values[0]:.4f} once)"
     )
     note = spread_note(rows)
     if note:

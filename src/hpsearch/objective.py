@@ -133,7 +133,7 @@ def make_objective(
     data: DeviceData,
     on_epoch: EpochHook | None = None,
     keeper: CheckpointKeeper | None = None,
-) -> Callable[[optuna.Trial], float]:
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
     """The objective for ``study.optimize``: returns the final epoch's validation accuracy.
 
     With a ``keeper`` (:func:`make_keeper`), a trial that finishes among the best
@@ -147,14 +147,16 @@ def make_objective(
         "worker": f"{platform.node()}:{os.getpid()}",
     }
 
-    def objective(trial: optuna.Trial) -> float:
+    two_objectives = len(cfg.search.objectives) > 1
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             return run(trial)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trial is re-run on resume
             trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
             raise
 
-    def run(trial: optuna.Trial) -> float:
+    def run(trial: optuna.Trial) -> float | tuple[float, float]:
         values = sample_values(cfg.search, trial_source(trial))
         # a re-run (of an interrupted trial, or a heartbeat retry) carries its original's seed
         seed = int(trial.user_attrs.get("seed", trial_seed(cfg.search.seed, trial.number)))
@@ -197,13 +199,18 @@ def make_objective(
         seen = 0.0
         train_s = 0.0
         epoch_s = 0.0
+        curve: list[float] = []  # with two objectives, Optuna keeps no intermediate values
 
         def report(m: EpochMetrics) -> None:
             nonlocal seen, train_s, epoch_s
             seen += m.train_images_per_s * m.train_seconds
             train_s += m.train_seconds
             epoch_s += m.epoch_seconds
-            trial.report(m.val_accuracy, m.epoch)
+            if two_objectives:
+                curve.append(m.val_accuracy)
+                trial.set_user_attr("val_accuracy_by_epoch", curve)
+            else:
+                trial.report(m.val_accuracy, m.epoch)
             trial.set_user_attr("epochs_run", m.epoch)
             trial.set_user_attr("train_images_per_s", round(seen / train_s, 1))
             trial.set_user_attr("epoch_seconds", round(epoch_s / m.epoch, 3))
@@ -212,7 +219,7 @@ def make_objective(
             if on_epoch is not None:
                 on_epoch(trial, m)
             raise_if_pending()  # a Ctrl-C that landed in one of the writes above
-            if m.epoch < m.epochs and trial.should_prune():  # a finished trial completes
+            if not two_objectives and m.epoch < m.epochs and trial.should_prune():
                 reason = f"pruned by the {cfg.search.pruner.name} pruner after epoch {m.epoch}"
                 trial.set_user_attr("pruned_reason", reason)
                 raise optuna.TrialPruned(reason)
@@ -237,15 +244,22 @@ def make_objective(
             trial.set_user_attr("fail_reason", oom_reason)
             raise TrialOutOfMemory(oom_reason)
         feasible = True
-        if limits.max_latency_ms is not None:
+        ms = None
+        if limits.max_latency_ms is not None or "latency_ms" in cfg.search.objectives:
             on = torch.device("cpu") if limits.latency_device == "cpu" else data.device
             ms = latency_ms(result.model, data.image_size, on)
             trial.set_user_attr("latency_ms", round(ms, 4))
             trial.set_user_attr("latency_device", device_name(on))
+        if limits.max_latency_ms is not None and ms is not None:
             trial.set_constraint("max_latency_ms", ms - limits.max_latency_ms)
             feasible = ms <= limits.max_latency_ms
+        out: float | tuple[float, float] = result.val_accuracy
+        if two_objectives:
+            second = ms if cfg.search.objectives[1] == "latency_ms" else n_params
+            assert second is not None  # measured above when it is an objective
+            out = (result.val_accuracy, float(second))
         if keeper is not None and feasible:  # a model over the budget is not one to deploy
-            keeper.offer(trial, result.model, spec.arch, result.val_accuracy)
-        return result.val_accuracy
+            keeper.offer(trial, result.model, spec.arch, out)
+        return out
 
     return objective

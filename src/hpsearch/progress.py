@@ -162,12 +162,16 @@ class Progress:
 
     def seed_best(self, study: optuna.Study) -> None:
         """Take the best trial from the study (all workers), not only from this process."""
-        try:
-            t = study.best_trial
-        except ValueError:
-            return
-        if t.value is not None:
-            self.best = (t.value, t.number)
+        from hpsearch.study import accuracy, is_feasible
+
+        best = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            acc = accuracy(t)
+            ok = acc is not None and math.isfinite(acc) and is_feasible(t)
+            if ok and acc is not None and (best is None or acc > best[0]):
+                best = (acc, t.number)
+        if best is not None:
+            self.best = best
 
     def seed_time(self, study: optuna.Study) -> None:
         """Start from the study's finished trials (a resumed search has an estimate at once)."""
@@ -210,8 +214,15 @@ class Progress:
         if per_trial is not None:
             self.study_has_finished = True
             self.left = (time_left(trials_left, per_trial, workers), time.monotonic())
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            what = f"finished: val_acc {t.value:.4f}"
+        if t.state == TrialState.COMPLETE and t.values:
+            what = f"finished: val_acc {t.values[0]:.4f}"
+            if len(t.values) > 1:  # the second objective
+                what += f", {'latency' if 'latency_ms' in t.user_attrs else 'params'} "
+                what += (
+                    f"{t.values[1]:.3f} ms"
+                    if "latency_ms" in t.user_attrs
+                    else f"{t.values[1]:,.0f}"
+                )
         elif t.state == TrialState.PRUNED:
             what = f"pruned ({t.user_attrs.get('pruned_reason', 'by the pruner')})"
         else:

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError
 from hpsearch.results import ranked
+from hpsearch.study import objectives_of
 
 PLOTS: tuple[tuple[str, str, str], ...] = (
     ("optimization_history", "Optimization history", "validation accuracy of each trial"),
@@ -27,6 +28,9 @@ PLOTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+PARETO = ("pareto_front", "Pareto front", "accuracy against the second objective: the trade-off")
+
+
 def _plotters() -> dict[str, Callable[..., Any]]:
     from optuna.visualization import matplotlib as vis
 
@@ -35,6 +39,7 @@ def _plotters() -> dict[str, Callable[..., Any]]:
         "param_importances": vis.plot_param_importances,
         "intermediate_values": vis.plot_intermediate_values,
         "parallel_coordinate": vis.plot_parallel_coordinate,
+        "pareto_front": vis.plot_pareto_front,
     }
 
 
@@ -54,8 +59,14 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     written: list[Path] = []
     shown: list[tuple[str, str, str]] = []
     notes: list[str] = []
-    top_params = _most_important(study, len(completed))
-    for key, title, what in PLOTS:
+    objectives = objectives_of(study)
+    two = len(objectives) > 1
+    top_params = _most_important(study, len(completed), two)
+    plots = PLOTS + ((PARETO,) if two else ())
+    for key, title, what in plots:
+        if key == "intermediate_values" and two:
+            notes.append(f"{title}: none, Optuna keeps no per-epoch values with two objectives")
+            continue
         if key == "param_importances" and len(completed) < 2:
             notes.append(f"{title}: skipped, it needs at least 2 completed trials")
             continue
@@ -69,8 +80,12 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
                 extra: dict[str, Any] = {}
                 if key == "parallel_coordinate":
                     extra["params"] = top_params
-                if key != "intermediate_values":
+                if key == "pareto_front":
+                    extra["target_names"] = objectives
+                elif key != "intermediate_values":
                     extra["target_name"] = "val_accuracy"
+                    if two:  # plot the first objective, accuracy
+                        extra["target"] = _accuracy
                 ax = _plotters()[key](study, **extra)
             fig = _figure(ax)
             fig.set_size_inches(11 if key == "parallel_coordinate" else 8, 5)
@@ -88,7 +103,11 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     return written
 
 
-def _most_important(study: optuna.Study, completed: int, n: int = 8) -> list[str] | None:
+def _accuracy(t: optuna.trial.FrozenTrial) -> float:
+    return float(t.values[0])
+
+
+def _most_important(study: optuna.Study, completed: int, two: bool, n: int = 8) -> list[str] | None:
     """The ``n`` most important parameters (all of them when importances cannot be computed):
     a parallel-coordinate plot of 18 axes is unreadable."""
     if completed < 2:
@@ -96,7 +115,9 @@ def _most_important(study: optuna.Study, completed: int, n: int = 8) -> list[str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(
+                study, target=_accuracy if two else None
+            )
     except (ValueError, RuntimeError):
         return None
     return list(importances)[:n] or None
@@ -147,7 +168,7 @@ def _summary(
     if completed:
         best = completed[0]
         lines += [
-            f"Best: validation accuracy **{best.value:.4f}** in trial {best.number}.",
+            f"Best: validation accuracy **{best.values[0]:.4f}** in trial {best.number}.",
             "",
             "| parameter | value |",
             "|---|---|",
@@ -161,7 +182,7 @@ def _summary(
         for t in completed[:10]:
             secs = t.duration.total_seconds() if t.duration else float("nan")
             lines.append(
-                f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('epochs_run', '')} "
+                f"| {t.number} | {t.values[0]:.4f} | {t.user_attrs.get('epochs_run', '')} "
                 f"| {secs:.1f} |"
             )
         lines.append("")

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
-from hpsearch.study import is_feasible, mask_url, open_storage
+from hpsearch.study import is_feasible, mask_url, objectives_of, open_storage
 from hpsearch.workers import TARGET_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -73,14 +73,29 @@ def open_existing(url: str, name: str) -> optuna.Study:
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials within the deployment budget, best first (the earlier trial first on
-    equal values: the same order that decides which checkpoints are kept)."""
+    """Completed trials within the deployment budget, best first (see ``_rank_key``; the same
+    order that decides which checkpoints are kept)."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value) and is_feasible(t)
+        if t.values and math.isfinite(t.values[0]) and is_feasible(t)
     ]
-    return sorted(done, key=lambda t: (-float(t.value or 0.0), t.number))
+    return sorted(done, key=_rank_key)
+
+
+def _rank_key(t: FrozenTrial) -> tuple[float, ...]:
+    """Most accurate first; with two objectives, equal accuracy goes to the smaller second value
+    (so that the first trial is on the Pareto front); then the earlier trial."""
+    return (-float(t.values[0]), *(float(v) for v in t.values[1:]), t.number)
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """In a study with two objectives, the feasible completed trials that no other beats on
+    both (Optuna's own ``best_trials``), most accurate first; otherwise the best trial."""
+    if len(study.directions) < 2:
+        return ranked(study)[:1]
+    front = [t for t in study.best_trials if is_feasible(t)]
+    return sorted(front, key=_rank_key)
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -169,7 +184,14 @@ def status_text(study: optuna.Study, url: str) -> str:
         )
     best = ranked(study)
     if best:
-        lines.append(f"best: val_accuracy {best[0].value:.4f} in trial {best[0].number}")
+        lines.append(f"best: val_accuracy {best[0].values[0]:.4f} in trial {best[0].number}")
+        if len(study.directions) > 1:
+            front = pareto_front(study)
+            lines.append(
+                f"pareto front: {len(front)} trial{'' if len(front) == 1 else 's'} "
+                f"({', '.join(str(t.number) for t in front)}); "
+                "hpsearch best lists them"
+            )
     else:
         lines.append("best: no completed trial yet")
     finished = [t for t in trials if t.state in FINISHED and t.datetime_complete is not None]
@@ -254,7 +276,7 @@ def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> 
     doc: dict[str, Any] = {
         "study": study.study_name,
         "trial": t.number,
-        "val_accuracy": t.value,
+        "val_accuracy": t.values[0] if t.values else None,
     }
     confirm = confirm_doc(t)
     if confirm is not None:
@@ -272,6 +294,17 @@ def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> 
     doc["kept_checkpoints"] = kept_checkpoints(study, store_dir)
     if not confirmed and c:
         doc["confirmed_winner"] = c.get("trial")
+    objectives = objectives_of(study)
+    if len(objectives) > 1:  # the whole front: the trade-off the user chooses from
+        doc["pareto_front"] = [
+            {
+                "trial": p.number,
+                "val_accuracy": p.values[0],
+                objectives[1]: p.values[1],
+                "checkpoint": p.number in doc["kept_checkpoints"],
+            }
+            for p in pareto_front(study)
+        ]
     out: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return out.rstrip("\n")
 

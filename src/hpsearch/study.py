@@ -32,6 +32,12 @@ SCHEMES = ("sqlite", "postgresql", "mysql")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def accuracy(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's validation accuracy: its value, or its first value in a study with two
+    objectives (``FrozenTrial.value`` raises there)."""
+    return float(t.values[0]) if t.values else None
+
+
 def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
     """Within the study's deployment budget (``search.constraints``): every constraint Optuna
     recorded for the trial is <= 0 (a trial with none is feasible)."""
@@ -207,24 +213,24 @@ def open_study(
     if exists:
         study_id = storage.get_study_id_from_name(study_name)
         n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    objectives = list(cfg.search.objectives)
+    if exists:
+        _check_objectives(storage, storage.get_study_id_from_name(study_name), study_name, cfg)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        direction="maximize",
+        directions=[optuna.study.StudyDirection[d.upper()] for d in cfg.search.directions],
         sampler=make_sampler(cfg, n_existing + seed_offset),
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise StorageError(
-            f"study {study_name!r} exists but minimizes; hpsearch maximizes accuracy"
-        )
     if not exists:
         study.set_user_attr("study_file", str(cfg.path))
         study.set_user_attr("metric", "val_accuracy")
+        study.set_user_attr(OBJECTIVES_ATTR, objectives)
         with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["val_accuracy"])  # the dashboard's axis titles
+            study.set_metric_names(objectives)  # the dashboard's axis titles
         if cfg.search.sampler.name != "grid":
             if cfg.search.enqueue_baseline:
                 study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
@@ -234,6 +240,34 @@ def open_study(
                     near_baseline_params(cfg.search, rng), user_attrs={"near_baseline": True}
                 )
     return study
+
+
+OBJECTIVES_ATTR = "objectives"  # study user attribute: what each of the trial's values is
+
+
+def objectives_of(study: optuna.Study) -> list[str]:
+    """What the study's values are: ``["val_accuracy"]``, or with a second objective
+    ``["val_accuracy", "latency_ms"]`` or ``[..., "params"]``."""
+    names = study.user_attrs.get(OBJECTIVES_ATTR)
+    return [str(n) for n in names] if isinstance(names, list) else ["val_accuracy"]
+
+
+def _check_objectives(
+    storage: optuna.storages.BaseStorage, study_id: int, name: str, cfg: StudyConfig
+) -> None:
+    """A study file's objectives must be the existing study's (its directions, and what hpsearch
+    recorded they are)."""
+    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    recorded = storage.get_study_user_attrs(study_id).get(OBJECTIVES_ATTR)
+    wanted = list(cfg.search.objectives)
+    if directions == ["minimize"]:
+        raise StorageError(f"study {name!r} exists but minimizes; hpsearch maximizes accuracy")
+    if directions != cfg.search.directions or (recorded is not None and recorded != wanted):
+        have = recorded if recorded is not None else directions
+        raise StorageError(
+            f"study {name!r} exists with objectives {have}; the study file asks for {wanted} "
+            "(use another --study-name)"
+        )
 
 
 def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:

@@ -206,7 +206,7 @@ GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
 
 def run_until_budget(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], float | tuple[float, float]],
     lock: Lock,
     *,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
@@ -255,7 +255,7 @@ def run_until_budget(
                         lock.release()  # the trial is RUNNING now: it counts, others may claim
                         held = False
 
-                def claimed(trial: optuna.Trial) -> float:
+                def claimed(trial: optuna.Trial) -> float | tuple[float, float]:
                     release()
                     return objective(trial)
 
