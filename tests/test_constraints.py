@@ -4,6 +4,9 @@ training, a real SQLite file."""
 
 from __future__ import annotations
 
+import json
+import signal
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -101,7 +104,7 @@ def test_a_trial_over_max_latency_completes_infeasible_and_is_never_picked(
 def test_run_best_and_status_respect_the_budget(tmp_path: Path) -> None:
     """The real CLI: a budget below the seed baseline's size prunes it and every trial like it;
     best names a trial within the budget; status counts the ones over it."""
-    budget = ["--set", "search.constraints={max_params: 150000}"]
+    budget = ["--set", "search.constraints={max_params: 150000, max_latency_ms: 100000}"]
     args = ["run", "--study", "smoke", "--trials", "6", "--set", "train.epochs=1", *TINY]
     r = hpsearch([*args, *budget], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -119,6 +122,19 @@ def test_run_best_and_status_respect_the_budget(tmp_path: Path) -> None:
     assert f"\ntrial: {winner.number}\n" in best.stdout
     status = hpsearch(["status", "--study", "smoke"], tmp_path)
     assert f"infeasible: {len(over)} finished trial" in status.stdout
+    # serve answers with the same trial and shows its latency and budget on /model
+    from test_serve import start, stops_cleanly
+
+    proc, base = start("--study smoke --device cpu", tmp_path, tmp_path / "serve.log")
+    try:
+        with urllib.request.urlopen(f"{base}/model", timeout=30) as resp:
+            info = json.load(resp)
+    finally:
+        stops_cleanly(proc, signal.SIGINT, tmp_path / "serve.log")
+    assert info["trial"] == winner.number
+    assert info["latency_ms"]["value"] == winner.user_attrs["latency_ms"] > 0
+    assert info["constraints"]["feasible"] is True
+    assert set(info["constraints"]["values"]) == {"max_params", "max_latency_ms"}
 
 
 def test_a_heartbeat_retry_keeps_its_originals_constraint_without_a_warning(

@@ -194,6 +194,13 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
     }
     if CONFIRM_MEAN in attrs and CONFIRM_STD in attrs:
         info["confirmed_val_accuracy"] = {"mean": attrs[CONFIRM_MEAN], "std": attrs[CONFIRM_STD]}
+    if "latency_ms" in attrs:  # measured after training (a deployment budget or an objective)
+        info["latency_ms"] = {"value": attrs["latency_ms"], "device": attrs.get("latency_device")}
+    if trial.constraints:  # the study's deployment budget: over it when any value is > 0
+        info["constraints"] = {
+            "values": trial.constraints,
+            "feasible": all(v <= 0 for v in trial.constraints.values()),
+        }
     return info
 
 
