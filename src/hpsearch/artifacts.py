@@ -14,6 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
+from hpsearch.files import discard
 
 CHECKPOINT_ATTR = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
 KEPT_ATTR = "kept_checkpoints"  # study user attribute: trials whose checkpoint is kept, best first
@@ -48,7 +49,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Path:

@@ -41,6 +41,11 @@ SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 DEVICES = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEFAULT_DATA_ROOT = "data/catdog"
+# far above any CNN-classifier input; beyond it the decoded cache cannot fit in memory anyway
+MAX_IMAGE_SIZE = 4096
+# Optuna's samplers take seeds below 2**32; each worker adds an offset to search.seed
+MAX_SEED = 2**31 - 1
+MAX_NEAR_BASELINE = 1000  # start-up trials, each enqueued one by one in a new study
 STUDIES_DIR = "studies"
 
 
@@ -315,6 +320,10 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
     if not isinstance(root_raw, str):
         raise _Invalid("data.root", f"expected a path, got {_tname(root_raw)}")
     image_size = _req_int(d, "image_size", "data.image_size", 128, 8)
+    if image_size > MAX_IMAGE_SIZE:
+        raise _Invalid(
+            "data.image_size", f"must be <= {MAX_IMAGE_SIZE} (pixels a side), got {image_size}"
+        )
     data = DataConfig(
         root=Path(root_raw).expanduser().resolve(),
         image_size=image_size,
@@ -375,6 +384,12 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
         near_baseline=_req_int(s, "near_baseline", "search.near_baseline", 0, 0),
     )
+    for key, value, most in (
+        ("search.seed", search.seed, MAX_SEED),
+        ("search.near_baseline", search.near_baseline, MAX_NEAR_BASELINE),
+    ):
+        if value > most:
+            raise _Invalid(key, f"must be <= {most}, got {value}")
     if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
             fam = split_block_name(name)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.files import discard
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import mask_url, open_storage
 from hpsearch.workers import TARGET_ATTR
@@ -305,7 +306,11 @@ def write_trials_csv(study: optuna.Study, output: str) -> tuple[int, int]:
         except BrokenPipeError:  # e.g. piped into head: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return len(df), len(df.columns)
+    if not output.strip() or output.endswith(("/", os.sep)):
+        raise HpsearchError(f"--csv {output!r}: expected a file name (or - for stdout)")
     path = Path(output)
+    if path.is_dir():
+        raise HpsearchError(f"--csv {output}: is a directory; give a file name in it")
     if path.parent and not path.parent.is_dir():
         raise HpsearchError(f"--csv {output}: directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -315,5 +320,5 @@ def write_trials_csv(study: optuna.Study, output: str) -> tuple[int, int]:
     except OSError as e:
         raise HpsearchError(f"--csv {output}: cannot write: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     return len(df), len(df.columns)
