@@ -384,12 +384,12 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         keep_checkpoints=_req_int(s, "keep_checkpoints", "search.keep_checkpoints", 3, 0),
         near_baseline=_req_int(s, "near_baseline", "search.near_baseline", 0, 0),
     )
-    for key, value, most in (
+    for key, number, most in (
         ("search.seed", search.seed, MAX_SEED),
         ("search.near_baseline", search.near_baseline, MAX_NEAR_BASELINE),
     ):
-        if value > most:
-            raise _Invalid(key, f"must be <= {most}, got {value}")
+        if number > most:
+            raise _Invalid(key, f"must be <= {most}, got {number}")
     if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
             fam = split_block_name(name)
