@@ -237,6 +237,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         study_id = study._study_id
         storage = study._storage
     else:
+        from hpsearch.existing import require_database
+
+        # a server database with no studies yet is served (compose starts the dashboard before
+        # the first run), but a mistyped SQLite path is not made into a new file
+        require_database(url)
         storage = open_storage(url)
     server = bind(storage, args.host, args.port, store)
     print(

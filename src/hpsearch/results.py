@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.existing import require_studies
 from hpsearch.files import discard
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import mask_url, open_storage
@@ -50,17 +50,7 @@ def study_name(study_arg: str, study_name_arg: str | None) -> str:
 def open_existing(url: str, name: str) -> optuna.Study:
     """Load study ``name``; no database or no such study is a StorageError naming both."""
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except Exception:
-        parsed = None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not Path(db).expanduser().is_file():
-            raise StorageError(
-                f"no database at {shown} ({Path(db).expanduser().resolve()} does not exist; "
-                "run hpsearch run first, or pass --storage URL)"
-            )
+    require_studies(url)  # never creates a database or its tables
     storage = open_storage(url)
     names = sorted(
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
