@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from hpsearch.errors import ConfigError
+from hpsearch.files import what_is
 from hpsearch.space import (
     BASELINE,
     FAMILIES,
@@ -154,7 +155,7 @@ def find_study_file(study: str) -> Path:
     path = Path(study).expanduser()
     if path.suffix in (".yaml", ".yml") or os.sep in study:
         if not path.is_file():
-            raise ConfigError(f"study file {study} does not exist")
+            raise ConfigError(f"study file {study} {what_is(path, 'a YAML file')}")
         return path
     for d in (Path.cwd() / STUDIES_DIR, _repo_studies()):
         candidate = d / f"{study}.yaml"

@@ -25,7 +25,7 @@ from PIL import Image
 
 from hpsearch.config import DataConfig
 from hpsearch.errors import DataError
-from hpsearch.files import discard
+from hpsearch.files import discard, what_is
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def list_split(
     """
     if not split_dir.is_dir():
         raise DataError(
-            f"data directory {split_dir} does not exist (expected ImageFolder layout: "
+            f"data directory {split_dir} {what_is(split_dir, 'a directory')} (expected "
+            "ImageFolder layout: "
             f"{split_dir}/<class>/<image>)"
         )
     classes = tuple(
@@ -250,7 +251,8 @@ def load_data(cfg: DataConfig, device: torch.device) -> DeviceData:
     """Load (or build) both splits' caches and put them on ``device``."""
     if not cfg.root.is_dir():
         raise DataError(
-            f"data root {cfg.root} does not exist (set HPSEARCH_DATA or data.root to an "
+            f"data root {cfg.root} {what_is(cfg.root, 'a directory')} (set HPSEARCH_DATA or "
+            "data.root to an "
             "ImageFolder directory with train/ and val/)"
         )
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
