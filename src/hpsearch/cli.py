@@ -628,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpsearch: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
+        stopping.quiet()  # this line says it all; a second Ctrl-C now changes nothing
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
         stopped = _quiet_interrupt.stopped
         if stopped:
