@@ -1,6 +1,6 @@
 """optuna-dashboard in this process, on the study's storage and checkpoint store.
 
-Running it in-process (``optuna_dashboard.run_server``) keeps the database URL, and any
+Running it in-process (``optuna_dashboard.wsgi`` on a wsgiref server) keeps the database URL, and any
 password in it, off every command line that ``ps`` would show.
 """
 
