@@ -1,7 +1,7 @@
 """optuna-dashboard in this process, on the study's storage and checkpoint store.
 
-Running it in-process (``optuna_dashboard.wsgi`` on a wsgiref server) keeps the database URL, and any
-password in it, off every command line that ``ps`` would show.
+Running it in-process (``optuna_dashboard.wsgi`` on a wsgiref server) keeps the database URL,
+and any password in it, off every command line that ``ps`` would show.
 """
 
 from __future__ import annotations
