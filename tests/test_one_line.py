@@ -133,6 +133,15 @@ def test_a_port_out_of_range_is_a_usage_error(
     one_line(code, err, f"expected a port number from 1 to 65535, got '{port}'")
 
 
+def test_serve_refuses_a_port_out_of_range_rather_than_wrapping_it(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain_optuna_study(here)
+    code, _, err = cli(capsys, "serve", "--study", "smoke", "--port", "70000")  # was port 4464
+    assert code == 2
+    one_line(code, err, "expected a port number from 0 to 65535, got '70000'")
+
+
 def test_a_busy_port_is_one_line_and_nothing_is_announced(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,11 +62,18 @@ def _trial_number(text: str) -> int:
     return int(text)
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port (1-65535)."""
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+def _port(text: str, lowest: int = 1) -> int:
+    """argparse type: a TCP port (1-65535; ``lowest`` 0 lets the system pick a free one)."""
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from {lowest} to 65535, got {text!r}"
+        )
     return int(text)
+
+
+def any_port(text: str) -> int:
+    """argparse type: a TCP port, or 0 for any free one."""
+    return _port(text, 0)
 
 
 def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
