@@ -82,7 +82,7 @@ def _acknowledge() -> None:
     if not _noted:
         _noted = True
         # os.write: a print here could re-enter a write the signal interrupted
-        os.write(2, b"hpsearch: already stopping; recording the stopped trial, then exiting\n")
+        os.write(2, b"hpsearch: already stopping (recording what was interrupted); one moment\n")
 
 
 def quiet() -> None:
