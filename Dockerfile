@@ -6,7 +6,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY studies ./studies
-RUN pip install . && useradd --create-home hpsearch && mkdir -p /cache && chown hpsearch /cache
+# Every writable mount point exists in the image, owned by the user the container runs as: a
+# new named volume takes the ownership of the directory it is mounted over (a missing one is
+# made root's, and then no worker can write its cache or a checkpoint).
+RUN pip install . && useradd --create-home hpsearch \
+    && mkdir -p /cache /artifacts && chown hpsearch:hpsearch /cache /artifacts
 USER hpsearch
 ENTRYPOINT ["hpsearch"]
 CMD ["worker", "--study", "catdog", "--wait", "86400"]

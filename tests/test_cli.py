@@ -245,7 +245,8 @@ def test_study_name_and_storage_flags(
             "data root /no/such/dir does not exist",
         ),
         (["run", "--study", "smoke"], "the following arguments are required: --trials"),
-        (["train", "--study", "smoke", "--trial", "best"], "no study named 'smoke'"),
+        # no database yet: said so, and none is created (issue 11)
+        (["train", "--study", "smoke", "--trial", "best"], "no database at sqlite:///hpsearch.db"),
         (["train", "--study", "smoke", "--trial", "abc"], "--trial: expected baseline, best"),
         (["run", "--study", "smoke", "--trials", "1", "--heartbeat", "0"], "must be at least 1"),
     ],
@@ -256,7 +257,7 @@ def test_bad_input_is_one_line(workdir: Path, args: list[str], needle: str) -> N
     assert needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    if "abc" in args:
+    if "abc" in args or "best" in args:
         assert not (workdir / "hpsearch.db").exists()  # rejected before touching storage
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,3 +71,89 @@ def test_dockerfile_installs_the_project_and_runs_hpsearch() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "pip install ." in text and 'ENTRYPOINT ["hpsearch"]' in text
     assert "HPSEARCH_DATA=/data" in text
+
+
+def dockerfile_runs() -> tuple[str, list[str]]:
+    """(the USER the image runs as, its RUN commands with continuations joined)."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    user = "root"
+    runs = []
+    for line in text.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "USER":
+            user = rest.strip()
+        elif word == "RUN":
+            runs.append(rest)
+    return user, runs
+
+
+def writable_mounts() -> list[str]:
+    """Container paths where a service built from the Dockerfile mounts a named volume
+    read-write (a bind mount's ownership comes from the host, not the image)."""
+    doc = compose()
+    targets = set()
+    for service in doc["services"].values():
+        if "build" not in service:
+            continue
+        for v in service.get("volumes", []):
+            source, target, *mode = v.split(":")
+            if source in doc["volumes"] and mode != ["ro"]:
+                targets.add(target)
+    return sorted(targets)
+
+
+def test_every_writable_mount_point_is_made_and_owned_in_the_image() -> None:
+    user, runs = dockerfile_runs()
+    assert user == "hpsearch"
+    assert writable_mounts() == ["/artifacts", "/cache"]
+    commands = [c.strip() for run in runs for c in run.split("&&")]
+    for target in writable_mounts():
+        assert any(c.startswith("mkdir -p") and target in c.split() for c in commands), target
+        assert any(c.startswith(f"chown {user}") and target in c.split() for c in commands), (
+            f"{target} is not chowned to {user}: a new volume there is root's"
+        )
+
+
+def test_the_images_user_can_write_in_every_volume() -> None:
+    """The Dockerfile's mkdir/chown commands, re-rooted under tmp_path and with the image's
+    user mapped to 'nobody', then a write into each volume as that user. Docker gives a new
+    named volume the owner of the image directory it is mounted over, and makes a missing one
+    root's, which is what a mount point the Dockerfile does not make gets here."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("changing owners and users needs root")
+    user, runs = dockerfile_runs()
+    with tempfile.TemporaryDirectory() as image:  # not under pytest's dir: 'nobody' can't enter
+        os.chmod(image, 0o755)
+        _build_and_write(Path(image), user, runs)
+
+
+def _build_and_write(root: Path, user: str, runs: list[str]) -> None:
+    import shlex
+    import subprocess
+
+    for run in runs:
+        for c in (c.strip() for c in run.split("&&")):
+            words = shlex.split(c)
+            if words and words[0] in ("mkdir", "chown"):
+                words = [str(root / w.lstrip("/")) if w.startswith("/") else w for w in words]
+                words = [
+                    w.replace(user, "nobody", 1) if i == 1 and words[0] == "chown" else w
+                    for i, w in enumerate(words)
+                ]
+                if words[0] == "chown":
+                    words[1] = words[1].split(":")[0]  # the host may have no group 'nobody'
+                subprocess.run(words, check=True)
+    for target in writable_mounts():
+        volume = root / target.lstrip("/")
+        volume.mkdir(exist_ok=True)  # docker: a missing mount point is made by root
+        r = subprocess.run(
+            ["/bin/sh", "-c", f"touch {shlex.quote(str(volume / 'probe'))}"],
+            user="nobody",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert r.returncode == 0, f"{target}: the image's user cannot write: {r.stderr}"

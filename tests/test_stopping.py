@@ -57,3 +57,24 @@ def test_a_stop_outside_a_database_call_raises_at_once() -> None:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_second_stop_while_the_first_is_handled_is_only_acknowledged(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    stopping.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        # the code recording the stopped trial runs now: a second Ctrl-C must not break into it
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert capfd.readouterr().err == (
+            "hpsearch: already stopping (recording what was interrupted); one moment\n"
+        )
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stopping._pending = stopping._since = None

@@ -113,7 +113,13 @@ def test_sigkill_of_a_worker_mid_trial_keeps_the_count_exact(workdir: Path, pg_u
 def test_a_second_worker_joins_and_respects_the_budget(workdir: Path, pg_url: str) -> None:
     args = ["--study", "smoke", "--storage", pg_url, "--set", "train.epochs=3", *TINY]
     early = hpsearch(["worker", *args], workdir)
-    assert early.returncode != 0 and "no study named 'smoke'" in early.stdout + early.stderr
+    # an empty database: the worker says so and creates nothing there (issue 11)
+    assert early.returncode != 0 and "no Optuna tables" in early.stdout + early.stderr
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    assert sqlalchemy.inspect(engine).get_table_names() == []
+    engine.dispose()
     run = popen(["run", "--trials", "8", *args], workdir)
     deadline = time.time() + 120
     while time.time() < deadline:

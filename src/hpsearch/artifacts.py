@@ -14,10 +14,20 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
+from hpsearch.files import discard
 
 CHECKPOINT_ATTR = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
 KEPT_ATTR = "kept_checkpoints"  # study user attribute: trials whose checkpoint is kept, best first
 _SAFE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]*$")
+# upload_artifact names every file with a uuid4; a "checkpoint" attribute that is not one was
+# written by someone else (a plain-Optuna study's own path or URL) and is never ours to delete
+_OUR_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def has_our_checkpoint(trial: FrozenTrial) -> bool:
+    """Whether ``trial``'s ``checkpoint`` attribute names an hpsearch checkpoint."""
+    value = trial.user_attrs.get(CHECKPOINT_ATTR)
+    return isinstance(value, str) and _OUR_ID.match(value) is not None
 
 
 class CheckpointError(HpsearchError):
@@ -48,7 +58,7 @@ class AtomicArtifactStore(FileSystemArtifactStore):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Path:
@@ -60,6 +70,11 @@ def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") ->
             f"trial {trial.number} has no checkpoint"
             + (f" ({why})" if why else " (it never ranked among the kept best trials)")
             + keep_hint
+        )
+    if not has_our_checkpoint(trial):
+        raise CheckpointError(
+            f"trial {trial.number} has no hpsearch checkpoint: its checkpoint attribute "
+            f"{artifact_id!r} was not written by hpsearch"
         )
     path = AtomicArtifactStore(store_dir).path_of(artifact_id)
     if not path.is_file():

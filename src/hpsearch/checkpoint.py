@@ -36,6 +36,7 @@ from hpsearch.artifacts import (
     AtomicArtifactStore,
     CheckpointError,
     checkpoint_path,
+    has_our_checkpoint,
 )
 from hpsearch.config import StudyConfig, config_from_dict
 from hpsearch.model import build_model
@@ -159,7 +160,7 @@ class CheckpointKeeper:
     def _evict(
         self, study: optuna.Study, done: list[FrozenTrial], top: list[int], also_kept: list[int]
     ) -> None:
-        with_file = {t.number for t in done if isinstance(t.user_attrs.get(CHECKPOINT_ATTR), str)}
+        with_file = {t.number for t in done if has_our_checkpoint(t)}
         for t in done:
             if t.number not in top and t.number in with_file:
                 self.discard(str(t.user_attrs[CHECKPOINT_ATTR]))
@@ -203,7 +204,7 @@ class CheckpointKeeper:
 
     def discard(self, artifact_id: str) -> None:
         # already gone: another worker evicted it first
-        with contextlib.suppress(ArtifactNotFound, OSError, CheckpointError):
+        with contextlib.suppress(ArtifactNotFound, OSError, CheckpointError, ValueError):
             self.store.remove(artifact_id)
 
 

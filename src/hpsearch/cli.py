@@ -276,13 +276,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, _auto_per_gpu(args))
     url = storage_url(args.storage)
-    storage = open_storage(url, args.heartbeat)
     local = len(slots) == 1 and slots[0].gpu is None
     device = _device(cfg) if local else None
     import torch
 
     data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
     name = args.study_name or cfg.name
+    _check_before_storage(cfg, name)
+    storage = open_storage(url, args.heartbeat)  # only now: a run that fails above writes nothing
     study = open_study(cfg, storage, name)  # schema and study made once, before any worker
     before = finished_count(study)
     study.set_user_attr(TARGET_ATTR, before + args.trials)
@@ -323,6 +324,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _summary(cfg, study, before, url)
 
 
+def _check_before_storage(cfg: StudyConfig, name: str) -> None:
+    """What open_study would find wrong after the database exists: an unusable study name and
+    sampler or pruner options that Optuna's constructors refuse."""
+    from hpsearch.study import MAX_STUDY_NAME, make_pruner, make_sampler
+
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"--study-name: at most {MAX_STUDY_NAME} characters (Optuna's limit), got {len(name)}"
+        )
+    make_sampler(cfg, 0)
+    make_pruner(cfg)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
@@ -335,14 +349,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     threads = os.environ.get("HPSEARCH_THREADS")
     if threads and threads.isdigit():
         torch.set_num_threads(int(threads))
+    from hpsearch.existing import require_studies
+
     url = storage_url(args.storage)
-    storage = open_storage(url, args.heartbeat)
+    storage = None
     name = args.study_name or cfg.name
     wid = os.environ.get("HPSEARCH_WORKER_ID", "")
     seed_offset = 7919 * (int(wid) + 1) if wid.isdigit() else os.getpid()
     deadline = time.monotonic() + args.wait
     while True:
         try:
+            if storage is None:
+                require_studies(url)  # a worker joins a study; it never creates the database
+                storage = open_storage(url, args.heartbeat)
             study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
             goal = target(study)
             if goal is None:
@@ -558,11 +577,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _stored_trial(
     cfg: StudyConfig, args: argparse.Namespace, label: str
 ) -> optuna.trial.FrozenTrial:
-    from hpsearch.study import open_storage, open_study, storage_url
+    from hpsearch.results import open_existing
+    from hpsearch.study import storage_url
 
-    study = open_study(
-        cfg, open_storage(storage_url(args.storage)), args.study_name or cfg.name, create=False
-    )
+    study = open_existing(storage_url(args.storage), args.study_name or cfg.name)
     if label == "best":
         from hpsearch.results import pick_trial
 
@@ -614,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpsearch: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
+        stopping.quiet()  # this line says it all; a second Ctrl-C now changes nothing
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
         stopped = _quiet_interrupt.stopped
         if stopped:

@@ -62,6 +62,20 @@ def _trial_number(text: str) -> int:
     return int(text)
 
 
+def _port(text: str, lowest: int = 1) -> int:
+    """argparse type: a TCP port (1-65535; ``lowest`` 0 lets the system pick a free one)."""
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from {lowest} to 65535, got {text!r}"
+        )
+    return int(text)
+
+
+def any_port(text: str) -> int:
+    """argparse type: a TCP port, or 0 for any free one."""
+    return _port(text, 0)
+
+
 def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """The commands that read a study: dashboard, status, best, trials, export, predict,
     evaluate, report."""
@@ -74,7 +88,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     dash.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
-    dash.add_argument("--port", type=int, default=8080, help="port to listen on")
+    dash.add_argument("--port", type=_port, default=8080, help="port to listen on")
     dash.set_defaults(func=cmd_dashboard)
 
     status = sub.add_parser(
@@ -218,7 +232,7 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpsearch.dashboard import dashboard_url, serve
+    from hpsearch.dashboard import bind, dashboard_url, serve
     from hpsearch.results import open_existing, study_name
     from hpsearch.study import artifacts_dir, mask_url, open_storage, storage_url
 
@@ -230,13 +244,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         study_id = study._study_id
         storage = study._storage
     else:
+        from hpsearch.existing import require_database
+
+        # a server database with no studies yet is served (compose starts the dashboard before
+        # the first run), but a mistyped SQLite path is not made into a new file
+        require_database(url)
         storage = open_storage(url)
+    server = bind(storage, args.host, args.port, store)
     print(
         f"optuna-dashboard for {mask_url(url)} (checkpoints in {store}) at "
         f"{dashboard_url(args.host, args.port, study_id)}; Ctrl-C stops it",
         flush=True,
     )
-    serve(storage, args.host, args.port, store)
+    serve(server)
     return 0
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hpsearch.cli_results import _confirmed_arg, _device, _open, _results_args, _trial_number
+from hpsearch.cli_results import (
+    _confirmed_arg,
+    _device,
+    _open,
+    _results_args,
+    _trial_number,
+    any_port,
+)
 
 
 def _best_or_number(text: str) -> int | None:
@@ -55,7 +62,9 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    p.add_argument(
+        "--port", type=any_port, default=8000, help="port to listen on (0: any free one)"
+    )
     p.add_argument(
         "--max-upload-mb",
         type=_positive(float),

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from hpsearch.errors import ConfigError
+from hpsearch.files import what_is
 from hpsearch.space import (
     BASELINE,
     FAMILIES,
@@ -43,6 +44,11 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 OBJECTIVES = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize"}
 DEVICES = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEFAULT_DATA_ROOT = "data/catdog"
+# far above any CNN-classifier input; beyond it the decoded cache cannot fit in memory anyway
+MAX_IMAGE_SIZE = 4096
+# Optuna's samplers take seeds below 2**32; each worker adds an offset to search.seed
+MAX_SEED = 2**31 - 1
+MAX_NEAR_BASELINE = 1000  # start-up trials, each enqueued one by one in a new study
 STUDIES_DIR = "studies"
 
 
@@ -173,7 +179,7 @@ def find_study_file(study: str) -> Path:
     path = Path(study).expanduser()
     if path.suffix in (".yaml", ".yml") or os.sep in study:
         if not path.is_file():
-            raise ConfigError(f"study file {study} does not exist")
+            raise ConfigError(f"study file {study} {what_is(path, 'a YAML file')}")
         return path
     for d in (Path.cwd() / STUDIES_DIR, _repo_studies()):
         candidate = d / f"{study}.yaml"
@@ -339,6 +345,10 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
     if not isinstance(root_raw, str):
         raise _Invalid("data.root", f"expected a path, got {_tname(root_raw)}")
     image_size = _req_int(d, "image_size", "data.image_size", 128, 8)
+    if image_size > MAX_IMAGE_SIZE:
+        raise _Invalid(
+            "data.image_size", f"must be <= {MAX_IMAGE_SIZE} (pixels a side), got {image_size}"
+        )
     data = DataConfig(
         root=Path(root_raw).expanduser().resolve(),
         image_size=image_size,
@@ -414,6 +424,12 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             raise _Invalid(
                 "search.sampler", "cmaes takes one objective; use tpe, gp, random, qmc or grid"
             )
+    for key, number, most in (
+        ("search.seed", search.seed, MAX_SEED),
+        ("search.near_baseline", search.near_baseline, MAX_NEAR_BASELINE),
+    ):
+        if number > most:
+            raise _Invalid(key, f"must be <= {most}, got {number}")
     if (search.enqueue_baseline or search.near_baseline) and sampler.name != "grid":
         for name, value in baseline_params(search).items():
             fam = split_block_name(name)

@@ -39,6 +39,7 @@ from hpsearch.checkpoint import checkpoint_blob, checkpoint_from_blob, remove_ar
 from hpsearch.config import DataConfig, Override, StudyConfig, config_from_dict
 from hpsearch.data import DeviceData, list_split, load_data
 from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError
+from hpsearch.files import what_is
 from hpsearch.progress import duration
 from hpsearch.resilience import retrying
 from hpsearch.results import (
@@ -323,7 +324,8 @@ def train_classes(cfg: StudyConfig) -> tuple[str, ...]:
     """The class names of the study's training split (listing only, no decoding)."""
     if not cfg.data.root.is_dir():
         raise DataError(
-            f"data root {cfg.data.root} does not exist (set --set data.root=DIR to the "
+            f"data root {cfg.data.root} {what_is(cfg.data.root, 'a directory')} (set --set "
+            "data.root=DIR to the "
             "ImageFolder directory the search trained on)"
         )
     classes, _ = list_split(cfg.data.root / "train", cfg.data.max_per_class)

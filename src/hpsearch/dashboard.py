@@ -1,7 +1,7 @@
 """optuna-dashboard in this process, on the study's storage and checkpoint store.
 
-Running it in-process (``optuna_dashboard.run_server``) keeps the database URL, and any
-password in it, off every command line that ``ps`` would show.
+Running it in-process (``optuna_dashboard.wsgi`` on a wsgiref server) keeps the database URL,
+and any password in it, off every command line that ``ps`` would show.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
@@ -28,13 +29,14 @@ def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def serve(
-    storage: optuna.storages.BaseStorage,
-    host: str,
-    port: int,
-    artifacts: Path,
-) -> None:
-    """Serve until Ctrl-C (or SIGTERM); a port that cannot be bound is a one-line error."""
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Every request on stderr would bury hpsearch's own lines; errors are still logged."""
+
+
+def bind(storage: optuna.storages.BaseStorage, host: str, port: int, artifacts: Path) -> WSGIServer:
+    """optuna-dashboard's app on a bound socket. Binding comes before anything is announced,
+    so a busy port or a bad address is one line and no "Listening on" is printed first."""
     import optuna_dashboard
 
     if host in ALL_INTERFACES:
@@ -44,11 +46,26 @@ def serve(
             "127.0.0.1 with an SSH tunnel",
             host or "*",
         )
+    app = optuna_dashboard.wsgi(storage, artifact_store=AtomicArtifactStore(artifacts))
+    server_class = _IPv6Server if ":" in host else WSGIServer
     try:
-        optuna_dashboard.run_server(
-            storage, host=host, port=port, artifact_store=AtomicArtifactStore(artifacts)
-        )
-    except OSError as e:
+        return make_server(host, port, app, server_class, _Quiet)
+    except (OSError, OverflowError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise HpsearchError(
-            f"cannot serve the dashboard on {host}:{port}: {e.strerror or e} (try --port N)"
+            f"cannot serve the dashboard on {host}:{port}: {why} (try --port N)"
         ) from None
+
+
+class _IPv6Server(WSGIServer):
+    address_family = socket.AF_INET6
+
+
+def serve(server: WSGIServer) -> None:
+    """Serve until Ctrl-C (or SIGTERM), which ends it quietly."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -25,6 +25,7 @@ from PIL import Image
 
 from hpsearch.config import DataConfig
 from hpsearch.errors import DataError
+from hpsearch.files import discard, what_is
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def list_split(
     """
     if not split_dir.is_dir():
         raise DataError(
-            f"data directory {split_dir} does not exist (expected ImageFolder layout: "
+            f"data directory {split_dir} {what_is(split_dir, 'a directory')} (expected "
+            "ImageFolder layout: "
             f"{split_dir}/<class>/<image>)"
         )
     classes = tuple(
@@ -76,18 +78,42 @@ def list_split(
             f"{split_dir} has {len(classes)} class folder(s); a classifier needs at least 2"
         )
     files: list[tuple[str, int]] = []
+    broken: list[str] = []
     for label, cls in enumerate(classes):
         names = sorted(
             e.name
             for e in os.scandir(split_dir / cls)
-            if e.is_file() and not e.name.startswith(".")
+            if not e.name.startswith(".") and _is_file(e, broken)
         )
         if max_per_class is not None:
             names = names[:max_per_class]
         if not names:
             raise DataError(f"class folder {split_dir / cls} is empty")
         files.extend((f"{cls}/{n}", label) for n in names)
+    if broken and str(split_dir) not in _warned:
+        _warned.add(str(split_dir))  # listed again by later steps; said once
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        log.warning(
+            "skipped %d unreadable entr%s in %s: %s",
+            len(broken),
+            "y" if len(broken) == 1 else "ies",
+            split_dir,
+            shown,
+        )
     return classes, files
+
+
+_warned: set[str] = set()
+
+
+def _is_file(entry: os.DirEntry[str], broken: list[str]) -> bool:
+    """Whether ``entry`` is a file; one that cannot be looked at (a symlink loop) is noted in
+    ``broken`` and skipped like an undecodable image."""
+    try:
+        return entry.is_file()
+    except OSError as e:
+        broken.append(f"{Path(entry.path).parent.name}/{entry.name} ({e.strerror or e})")
+        return False
 
 
 def _fingerprint(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> str:
@@ -160,7 +186,21 @@ def _build(
     path: Path,
     stem: str,
 ) -> None:
-    images, bad = _decode_all(split_dir, files, size)
+    need = len(files) * size * size * 3  # bytes of the (N, S, S, 3) uint8 array
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram:
+        raise DataError(
+            f"{len(files)} images of {split_dir} at {size}x{size} need {need / 2**30:.1f} GiB "
+            f"decoded, more than this machine's {ram / 2**30:.1f} GiB of memory (lower "
+            "data.image_size or data.max_per_class)"
+        )
+    try:
+        images, bad = _decode_all(split_dir, files, size)
+    except MemoryError:
+        raise DataError(
+            f"out of memory decoding {len(files)} images of {split_dir} at {size}x{size} "
+            f"({need / 2**30:.1f} GiB; lower data.image_size or data.max_per_class)"
+        ) from None
     if bad:
         names = [files[i][0] for i in bad]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -188,7 +228,7 @@ def _build(
             f"(is it full?): {(str(e).splitlines() or [''])[0][:120]}"
         ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size
         if old != path:
             old.unlink(missing_ok=True)
@@ -211,7 +251,8 @@ def load_data(cfg: DataConfig, device: torch.device) -> DeviceData:
     """Load (or build) both splits' caches and put them on ``device``."""
     if not cfg.root.is_dir():
         raise DataError(
-            f"data root {cfg.root} does not exist (set HPSEARCH_DATA or data.root to an "
+            f"data root {cfg.root} {what_is(cfg.root, 'a directory')} (set HPSEARCH_DATA or "
+            "data.root to an "
             "ImageFolder directory with train/ and val/)"
         )
     train, val = load_split(cfg, "train"), load_split(cfg, "val")

@@ -20,6 +20,7 @@ from torch import nn
 
 from hpsearch.checkpoint import Checkpoint
 from hpsearch.errors import HpsearchError
+from hpsearch.files import discard
 from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ def export(ckpt: Checkpoint, fmt: str, output: Path) -> None:
     meta = json.dumps(metadata(ckpt))
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     try:
+        # torch reports a file it cannot open as a RuntimeError; opening it here first turns a
+        # read-only or full directory into the OSError below, before any work is done
+        tmp.touch()
         if fmt == "torchscript":
             _torchscript(module, meta, tmp)
         else:
@@ -81,7 +85,7 @@ def export(ckpt: Checkpoint, fmt: str, output: Path) -> None:
     except OSError as e:
         raise HpsearchError(f"--output {output}: cannot write: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def _torchscript(module: Deployable, meta: str, path: Path) -> None:

@@ -20,6 +20,7 @@ from hpsearch.checkpoint import Checkpoint
 from hpsearch.config import DataConfig
 from hpsearch.data import decode_image, list_split, load_split
 from hpsearch.errors import DataError
+from hpsearch.files import what_is
 from hpsearch.train import Normalizer
 
 
@@ -45,7 +46,7 @@ def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise DataError(f"image {p} does not exist")
+            raise DataError(f"image {p} {what_is(path, 'an image file')}")
         try:
             arrays.append(decode_image(path, size))
         except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.files import discard
 from hpsearch.results import ranked
 from hpsearch.study import objectives_of
 
@@ -138,7 +139,7 @@ def _save(fig: Any, path: Path) -> None:
     except OSError as e:
         raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -149,7 +150,7 @@ def _atomic_text(path: Path, text: str) -> None:
     except OSError as e:
         raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def _summary(

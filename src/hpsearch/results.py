@@ -17,10 +17,11 @@ from typing import Any
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.existing import require_studies
+from hpsearch.files import discard
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import is_feasible, mask_url, objectives_of, open_storage
 from hpsearch.workers import TARGET_ATTR
@@ -49,17 +50,7 @@ def study_name(study_arg: str, study_name_arg: str | None) -> str:
 def open_existing(url: str, name: str) -> optuna.Study:
     """Load study ``name``; no database or no such study is a StorageError naming both."""
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except Exception:
-        parsed = None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not Path(db).expanduser().is_file():
-            raise StorageError(
-                f"no database at {shown} ({Path(db).expanduser().resolve()} does not exist; "
-                "run hpsearch run first, or pass --storage URL)"
-            )
+    require_studies(url)  # never creates a database or its tables
     storage = open_storage(url)
     names = sorted(
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
@@ -347,7 +338,11 @@ def write_trials_csv(study: optuna.Study, output: str) -> tuple[int, int]:
         except BrokenPipeError:  # e.g. piped into head: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return len(df), len(df.columns)
+    if not output.strip() or output.endswith(("/", os.sep)):
+        raise HpsearchError(f"--csv {output!r}: expected a file name (or - for stdout)")
     path = Path(output)
+    if path.is_dir():
+        raise HpsearchError(f"--csv {output}: is a directory; give a file name in it")
     if path.parent and not path.parent.is_dir():
         raise HpsearchError(f"--csv {output}: directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -357,5 +352,5 @@ def write_trials_csv(study: optuna.Study, output: str) -> tuple[int, int]:
     except OSError as e:
         raise HpsearchError(f"--csv {output}: cannot write: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     return len(df), len(df.columns)

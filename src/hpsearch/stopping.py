@@ -30,6 +30,8 @@ class Terminated(KeyboardInterrupt):
 _pending: int | None = None  # the signal held while a database call finishes
 _since: float | None = None  # when the pending stop first arrived
 _resending = False  # the next delivery is the timer's, not the user's
+_stopping = False  # a stop was raised: this process is recording it and exiting
+_noted = False  # a repeated Ctrl-C was answered (once)
 
 
 def _in_database_call(frame: FrameType | None) -> bool:
@@ -53,10 +55,16 @@ def _resend(signum: int) -> None:
 
 def on_signal(signum: int, frame: FrameType | None) -> None:
     """The SIGINT and SIGTERM handler (see the module's docstring)."""
-    global _pending, _since, _resending
+    global _pending, _since, _resending, _stopping
     resent, _resending = _resending, False
     if resent and _pending is None:
         return  # already raised at a safe point; this is the timer's late copy
+    if _stopping and not resent:
+        # A second Ctrl-C would land in the code that records the stopped trial (leaving it
+        # RUNNING) or in the interpreter's exit ("Exception ignored in atexit callback"): the
+        # first one is already being handled, so it is only acknowledged.
+        _acknowledge()
+        return
     now = time.monotonic()
     if _in_database_call(frame) and now - (_since or now) < DEFER_SECONDS:
         _pending, _since = signum, _since or now
@@ -65,19 +73,42 @@ def on_signal(signum: int, frame: FrameType | None) -> None:
         timer.start()
         return
     _pending = _since = None
+    _stopping = True
     raise _exception(signum)
+
+
+def _acknowledge() -> None:
+    global _noted
+    if not _noted:
+        _noted = True
+        # os.write: a print here could re-enter a write the signal interrupted
+        os.write(2, b"hpsearch: already stopping (recording what was interrupted); one moment\n")
+
+
+def quiet() -> None:
+    """The process has said why it stops and only exits now: a later Ctrl-C or SIGTERM is
+    ignored without a word. SIG_IGN rather than our handler, because the interpreter resets
+    its own handlers to the default while it shuts down (a Ctrl-C then killed the exiting
+    process, or raised in an atexit callback), but leaves ignored signals ignored."""
+    global _noted
+    _noted = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def raise_if_pending() -> None:
     """A safe point: raise the stop that arrived during a database call, if any."""
-    global _pending, _since
+    global _pending, _since, _stopping
     if _pending is not None:
         signum, _pending, _since = _pending, None, None
+        _stopping = True
         raise _exception(signum)
 
 
 def install() -> None:
     """Handle SIGINT and SIGTERM (a shell starts background jobs with SIGINT ignored; a search
     must still stop on it)."""
+    global _stopping, _noted
+    _stopping = _noted = False
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -28,6 +28,7 @@ from hpsearch.space import baseline_params, near_baseline_params
 T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
+MAX_STUDY_NAME = 512  # Optuna's studies.study_name column is VARCHAR(512)
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
