@@ -10,6 +10,7 @@ import math
 import os
 import random
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,7 +110,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                     max_retry=2
                 ),
             }
-        return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        return _create_storage(url, engine_kwargs, beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         reason = (
             str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -117,6 +118,22 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             else type(e).__name__
         )
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
+
+
+def _create_storage(
+    url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]
+) -> ResilientRDBStorage:
+    """The storage; a schema that another process is creating at the same moment (two commands
+    started together on a new database) is waited for rather than reported."""
+    for attempt in range(10):
+        try:
+            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **beat)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -201,6 +218,13 @@ def open_study(
     if exists:
         study_id = storage.get_study_id_from_name(study_name)
         n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    else:
+        # Whoever creates the study sets it up (the baseline is enqueued once): two commands
+        # that both found no study race here, and the database lets one of them win.
+        try:
+            storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], study_name)
+        except optuna.exceptions.DuplicatedStudyError:
+            exists = True
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
