@@ -307,8 +307,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if share.others:
         print(
-            f"another hpsearch run is working on this study: its workers and this run's share "
-            f"the target of {share.target} finished trials"
+            f"another hpsearch run is working on this study; the workers of both work "
+            f"towards its target, now {share.target} finished trials"
         )
     print(
         f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
