@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from hpsearch.errors import StorageError
 from hpsearch.resilience import retrying
 from hpsearch.workers import RUN_ATTR, TARGET_ATTR, Lock, count_states, target
 
@@ -61,7 +62,10 @@ class _FileLease:
 
     def _open(self) -> int:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited
+            except OSError as e:
+                raise StorageError(f"cannot open {self.path}: {e.strerror}") from None
         return self.fd
 
     def others_live(self) -> bool:
