@@ -4,6 +4,7 @@ the claim lock is released, orphan RUNNING trials, and how runs add up their bud
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,46 @@ def test_withdraw_leaves_a_finished_share_alone(tmp_path: Path) -> None:
     assert withdraw(study, share, claim_lock(study._storage, "s")) == 0
     assert target(study) == 2
     lease.release()
+
+
+class SlowToSample(optuna.samplers.RandomSampler):
+    """Takes ``seconds`` over the first trial's joint sampling (TPE or GP on a long study can
+    take seconds), longer than the grace period after which a silent trial is failed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seed=0)
+        self.seconds = seconds
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        seconds, self.seconds = self.seconds, 0.0
+        time.sleep(seconds)
+        return {}
+
+
+def test_a_new_trial_still_sampling_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
+    """The claim is released before sampling, so other workers look at the new trial while it
+    samples. Optuna samples lazily, at the first ``suggest`` inside the objective, once the
+    trial's heartbeat thread is beating: the window with no heartbeat is ``ask`` alone."""
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    storage, _ = new_study(url)
+    study = optuna.load_study(study_name="s", storage=storage, sampler=SlowToSample(5.0))
+    study.set_user_attr(TARGET_ATTR, 1)
+    other = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat=1))
+    stop = threading.Event()
+
+    def another_worker_checks() -> None:  # as a worker that claims or waits meanwhile does
+        while not stop.is_set():
+            workers.fail_stale(other)
+            stop.wait(0.3)
+
+    checker = threading.Thread(target=another_worker_checks)
+    checker.start()
+    try:
+        lock = claim_lock(study._storage, "s")
+        assert run_until_budget(study, objective, lock, poll_seconds=0.2) == "budget"
+    finally:
+        stop.set()
+        checker.join(30)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
