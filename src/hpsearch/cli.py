@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
+    from hpsearch.budget import Share
     from hpsearch.data import DeviceData
 
 log = logging.getLogger("hpsearch")
@@ -269,10 +271,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     cfg = _load(args, extra)
 
+    from hpsearch.budget import join, run_lease, withdraw
     from hpsearch.data import load_data
     from hpsearch.launcher import launch, plan_slots
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
-    from hpsearch.workers import TARGET_ATTR, finished_count
+    from hpsearch.workers import claim_lock
 
     slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, _auto_per_gpu(args))
     url = storage_url(args.storage)
@@ -284,44 +287,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.study_name or cfg.name
     _check_before_storage(cfg, name)
     storage = open_storage(url, args.heartbeat)  # only now: a run that fails above writes nothing
-    study = open_study(cfg, storage, name)  # schema and study made once, before any worker
-    before = finished_count(study)
-    study.set_user_attr(TARGET_ATTR, before + args.trials)
+    # Made, set up and given this run's share under the claim lock, so that two runs started
+    # together make one study with one baseline and add up their budgets.
+    lock = claim_lock(storage, name)
+    lease = run_lease(storage, name)
+    lock.acquire()
+    try:
+        study = open_study(cfg, storage, name)  # schema and study made once, before any worker
+        share = join(study, args.trials, lease, uuid.uuid4().hex[:12])
+    except BaseException:
+        lease.release()
+        raise
+    finally:
+        lock.release()
     s = cfg.search
     print(
-        f"study {name!r} in {mask_url(url)}: {before} finished trials so far, "
+        f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
         f"running {args.trials} more "
         f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
     )
+    if share.others:
+        print(
+            f"another hpsearch run is working on this study; the workers of both work "
+            f"towards its target, now {share.target} finished trials"
+        )
     print(
         f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
         f"{', '.join(data.classes)} at {data.image_size}px on "
         f"{device or f'{len(slots)} workers'}",
         flush=True,
     )
-    if local:
-        assert device is not None
-        store = artifacts_dir(url, args.artifacts)
-        _work(cfg, study, data, args.heartbeat, store, offset=before, total=args.trials)
-    else:
-        worker_args = [
-            "--study",
-            str(cfg.path),
-            "--study-name",
-            name,
-            "--heartbeat",
-            str(args.heartbeat),
-            "--artifacts",
-            str(artifacts_dir(url, args.artifacts)),
-        ]
-        for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
-            worker_args += ["--set", o]
-        codes = launch(slots, worker_args, url)
-        for slot, code in zip(slots, codes, strict=True):
-            if code != 0:
-                how = f"signal {-code}" if code < 0 else f"exit code {code}"
-                print(f"[w{slot.index}] ended with {how}", file=sys.stderr)
-    return _summary(cfg, study, before, url)
+    try:
+        if local:
+            assert device is not None
+            store = artifacts_dir(url, args.artifacts)
+            total = share.target - share.finished_before
+            _work(
+                cfg, study, data, args.heartbeat, store, share.finished_before, total, share.run_id
+            )
+        else:
+            worker_args = [
+                "--study",
+                str(cfg.path),
+                "--study-name",
+                name,
+                "--heartbeat",
+                str(args.heartbeat),
+                "--artifacts",
+                str(artifacts_dir(url, args.artifacts)),
+            ]
+            for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
+                worker_args += ["--set", o]
+            codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
+            for slot, code in zip(slots, codes, strict=True):
+                if code != 0:
+                    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                    print(f"[w{slot.index}] ended with {how}", file=sys.stderr)
+    finally:
+        try:
+            withdraw(study, share, lock)  # a no-op once the share is done
+        except Exception as e:  # the reason the run stopped matters more
+            log.warning("could not take back this run's unfinished trials: %s", e)
+        lease.release()
+    return _summary(cfg, study, share, url)
 
 
 def _check_before_storage(cfg: StudyConfig, name: str) -> None:
@@ -380,7 +408,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         flush=True,
     )
     store = artifacts_dir(url, args.artifacts)
-    _work(cfg, study, data, args.heartbeat, store, offset=0, total=goal)
+    _work(cfg, study, data, args.heartbeat, store, 0, goal, os.environ.get("HPSEARCH_RUN_ID"))
     return 0
 
 
@@ -392,6 +420,7 @@ def _work(
     artifacts: Path,
     offset: int,
     total: int,
+    run_id: str | None,
 ) -> None:
     """Run this process's share of the budget, printing progress."""
     from hpsearch.objective import TrialOutOfMemory, make_keeper, make_objective
@@ -415,6 +444,7 @@ def _work(
     )
     progress.seed_best(study)
     progress.seed_time(study)
+    progress.stale_after = 3.0 * heartbeat  # the grace period open_storage gives Optuna
     keeper = make_keeper(cfg, data, artifacts)
     reason = run_until_budget(
         study,
@@ -425,6 +455,8 @@ def _work(
         poll_seconds=min(5.0, float(heartbeat)),
         grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
         on_requeue=progress.requeued,
+        on_wait=progress.waiting,
+        run_id=run_id,
     )
     if reason == "grid exhausted":
         print("the grid is exhausted: every point has a finished trial", flush=True)
@@ -444,10 +476,11 @@ def _most_blocks(cfg: StudyConfig) -> int:
     return int(BASELINE["n_blocks"])
 
 
-def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> int:
-    """Print what the run did; exit code 0 when the budget (or the grid) is done."""
+def _summary(cfg: StudyConfig, study: optuna.Study, share: Share, url: str) -> int:
+    """Print what the run did; exit code 0 when its share of the budget (or the grid) is done."""
     import optuna
 
+    from hpsearch.budget import finished_by
     from hpsearch.study import grid_check, mask_url, storage_url
     from hpsearch.workers import finished_count, target
 
@@ -456,8 +489,8 @@ def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> in
     done = finished_count(study)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     print(
-        f"done: {done - before} trials finished in this run; the study has {done} finished"
-        f" ({failed} failed, {running} running)"
+        f"done: {finished_by(study, share.run_id)} trials finished in this run; the study has "
+        f"{done} finished ({failed} failed, {running} running)"
     )
     from hpsearch.results import ranked
 
@@ -472,8 +505,10 @@ def _summary(cfg: StudyConfig, study: optuna.Study, before: int, url: str) -> in
         print("best: no completed trial yet")
     storage_flag = "" if url == storage_url(None) else f" --storage {mask_url(url)}"
     print(f"browse: hpsearch dashboard --study {study.study_name}{storage_flag}")
-    goal = target(study)
-    if goal is not None and done < goal:
+    # A run that joined later may have raised the target; this run answers for its own share
+    # (or less, where one that stopped early took its part back).
+    goal = min(share.target, target(study) or share.target)
+    if done < goal:
         if cfg.search.sampler.name == "grid" and grid_check(cfg)(study) == "exhausted":
             return 0
         print(

@@ -70,9 +70,10 @@ def launch(
     worker_args: Sequence[str],
     storage_url: str,
     command: str = "worker",
+    env: dict[str, str] | None = None,
 ) -> list[int]:
-    """Run one ``hpsearch <command>`` (default ``worker``) per slot until all exit; returns their
-    exit codes.
+    """Run one ``hpsearch <command>`` (default ``worker``) per slot, with ``env`` added to its
+    environment, until all exit; returns their exit codes.
 
     Ctrl-C (or SIGTERM) here is forwarded once to every worker as SIGINT: each marks its running
     trial failed and exits; any still alive after STOP_GRACE_SECONDS is killed.
@@ -89,6 +90,7 @@ def launch(
             "HPSEARCH_THREADS": str(slot.threads),
             "OMP_NUM_THREADS": str(slot.threads),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu

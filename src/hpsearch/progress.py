@@ -142,6 +142,7 @@ class Progress:
         self.study_has_finished = False
         self.warned = False
         self._trial: tuple[int, float] = (-1, 0.0)  # (trial number, its epoch seconds so far)
+        self.stale_after: float | None = None  # seconds of silence after which a trial fails
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -206,6 +207,9 @@ class Progress:
         trials = study.get_trials(deepcopy=False)
         finished = [x for x in trials if x.state in FINISHED]
         self.done = len(finished) - self.offset
+        goal = study.user_attrs.get("target_trials")
+        if isinstance(goal, int) and goal - self.offset > 0:
+            self.total = goal - self.offset  # another run added to the study's target
         self.seed_best(study)
         per_trial = mean_trial_seconds(trials)
         # this worker and the trials running elsewhere
@@ -242,6 +246,22 @@ class Progress:
                         self.left[0], per_trial, trials_left, workers, self.size, study.study_name
                     )
                 )
+
+    def waiting(self, running: list[FrozenTrial], orphans: set[int]) -> None:
+        """This worker waits: the trials running elsewhere cover the rest of the budget."""
+        silent = f"{self.stale_after:.0f} s" if self.stale_after else "a few heartbeats"
+        parts = []
+        for t in sorted(running, key=lambda t: t.number):
+            since = t.datetime_start.strftime("%H:%M:%S") if t.datetime_start else "?"
+            what = f"trial {t.number} (running since {since}"
+            if t.number in orphans:
+                what += ", no heartbeat: no worker runs it (made by optuna ask?)"
+            parts.append(what + ")")
+        self._say(
+            f"{self._head()} waiting for {', '.join(parts)}, which "
+            f"{'cover' if len(parts) > 1 else 'covers'} the rest of the budget; "
+            f"a trial silent for {silent} is failed and run again"
+        )
 
     def requeued(self, trials: list[FrozenTrial]) -> None:
         """Interrupted trials enqueued to run again (see ``workers.requeue_interrupted``)."""

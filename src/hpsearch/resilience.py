@@ -7,9 +7,11 @@ worker makes, waiting 0.5, 1, 2, 4, 8, 10, 10... seconds for up to ``RETRY_SECON
 gives up with a one-line error. Errors that are not about the connection (a constraint, bad data)
 are raised at once.
 
-One window is not covered: a commit that reached the server but whose reply was lost. Retrying
-``create_new_trial`` then makes a second trial; retrying ``set_trial_state_values`` finds the trial
-already finished, which is treated as success.
+A commit that reached the server but whose reply was lost: retrying ``set_trial_state_values``
+finds the trial already finished, which is treated as success; retrying ``create_new_trial`` makes a
+second trial, and the first is left RUNNING with no heartbeat. Such an orphan (``optuna ask`` makes
+them too) is given a heartbeat record by the next worker that claims (:meth:`adopt_orphans`), so
+that it goes stale, is failed and is retried like the trial of a dead worker.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """An RDBStorage whose calls survive a database restart (see the module docstring).
 
     ``on_trial_created``, when set, is called once, right after this process's next new trial is
-    committed: the worker loop uses it to release its claim lock before Optuna samples the
-    trial's parameters, so that sampling (TPE reads every trial) runs outside the lock.
+    committed by ``ask`` (not for trials added from a template): the worker loop uses it to
+    release its claim lock before Optuna samples the trial's parameters, so that sampling (TPE
+    reads every trial) runs outside the lock.
     """
 
     on_trial_created: Callable[[], None] | None = None
@@ -116,10 +119,48 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             lambda: super(ResilientRDBStorage, self)._create_new_trial(study_id, template_trial),
             "create_new_trial",
         )
-        hook, self.on_trial_created = self.on_trial_created, None
-        if hook is not None:
-            hook()
+        # Only a trial made from nothing is the one ``ask`` wanted: a template is a copy that
+        # Optuna adds on the way (the stale-trial retry, an enqueued trial), and releasing
+        # the claim lock for it would let another worker claim before this one's trial exists.
+        if template_trial is None:
+            hook, self.on_trial_created = self.on_trial_created, None
+            if hook is not None:
+                hook()
         return trial
+
+    def adopt_orphans(self, study_id: int) -> list[int]:
+        """Give each RUNNING trial of the study that has no heartbeat record one, dated by the
+        database's clock, and return their numbers.
+
+        Optuna never marks such a trial stale (one made by ``optuna ask``, or by a worker whose
+        ``create_new_trial`` reply was lost), so it would count against the budget forever.
+        Adopted, it goes stale like any silent trial: ``grace_period`` seconds after the first
+        worker saw it, unless its real owner starts beating (which overwrites the record).
+        """
+        if self.heartbeat_interval is None:
+            return []
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy.orm import selectinload
+
+        trial_model: Any = models.TrialModel
+
+        def adopt() -> list[int]:
+            # an IntegrityError (another worker, or the owner, wrote a record first) is ignored
+            with _create_scoped_session(self.scoped_session, True) as session:
+                running = (
+                    session.query(trial_model)
+                    .options(selectinload(trial_model.heartbeats))
+                    .filter(trial_model.state == optuna.trial.TrialState.RUNNING)
+                    .filter(trial_model.study_id == study_id)
+                    .all()
+                )
+                orphans = [t for t in running if not t.heartbeats]
+                for t in orphans:
+                    session.add(models.TrialHeartbeatModel(trial_id=t.trial_id))
+                return [int(t.number) for t in orphans]
+
+        return retrying(adopt, "checking running trials")
 
     def set_trial_state_values(
         self,

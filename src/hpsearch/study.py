@@ -10,6 +10,7 @@ import math
 import os
 import random
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -122,7 +123,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
                     max_retry=2
                 ),
             }
-        return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        return _create_storage(url, engine_kwargs, beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         reason = (
             str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -130,6 +131,22 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             else type(e).__name__
         )
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
+
+
+def _create_storage(
+    url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]
+) -> ResilientRDBStorage:
+    """The storage; a schema that another process is creating at the same moment (two commands
+    started together on a new database) is waited for rather than reported."""
+    for attempt in range(10):
+        try:
+            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **beat)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -214,13 +231,20 @@ def open_study(
     if exists:
         study_id = storage.get_study_id_from_name(study_name)
         n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    else:
+        # Whoever creates the study sets it up (the baseline is enqueued once): two commands
+        # that both found no study race here, and the database lets one of them win.
+        try:
+            storage.create_new_study(_directions(cfg), study_name)
+        except optuna.exceptions.DuplicatedStudyError:
+            exists = True
     objectives = list(cfg.search.objectives)
     if exists:
         _check_objectives(storage, storage.get_study_id_from_name(study_name), study_name, cfg)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        directions=[optuna.study.StudyDirection[d.upper()] for d in cfg.search.directions],
+        directions=_directions(cfg),
         sampler=make_sampler(cfg, n_existing + seed_offset),
         pruner=make_pruner(cfg),
         load_if_exists=True,
@@ -244,6 +268,10 @@ def open_study(
 
 
 OBJECTIVES_ATTR = "objectives"  # study user attribute: what each of the trial's values is
+
+
+def _directions(cfg: StudyConfig) -> list[optuna.study.StudyDirection]:
+    return [optuna.study.StudyDirection[d.upper()] for d in cfg.search.directions]
 
 
 def objectives_of(study: optuna.Study) -> list[str]:

@@ -34,6 +34,7 @@ from hpsearch.resilience import ResilientRDBStorage, is_disconnect, retrying
 
 TARGET_ATTR = "target_trials"
 RERUN_ATTR = "rerun_of"  # on a trial enqueued to re-run an interrupted one: that trial's number
+RUN_ATTR = "run_id"  # on a trial: the hpsearch run whose worker ran it (see hpsearch.budget)
 STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -204,6 +205,28 @@ def reruns_first(study: optuna.Study) -> None:
 GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
 
 
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail (and retry) the running trials whose heartbeat went stale, after giving each running
+    trial without a heartbeat record one (see ``ResilientRDBStorage.adopt_orphans``); returns
+    the numbers of the trials adopted now."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    adopted = backend.adopt_orphans(study._study_id) if hasattr(backend, "adopt_orphans") else []
+    optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
+    return list(adopted)
+
+
+def running_trials(study: optuna.Study) -> list[FrozenTrial]:
+    backend = getattr(study._storage, "_backend", study._storage)
+    trials: list[FrozenTrial] = backend.get_all_trials(
+        study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
+    )
+    return trials
+
+
+class Waiting(Protocol):
+    def __call__(self, running: list[FrozenTrial], orphans: set[int]) -> None: ...
+
+
 def run_until_budget(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float | tuple[float, float]],
@@ -214,15 +237,22 @@ def run_until_budget(
     poll_seconds: float = 5.0,
     grid_check: GridCheck | None = None,
     on_requeue: Callable[[list[FrozenTrial]], None] | None = None,
+    on_wait: Waiting | None = None,
+    run_id: str | None = None,
 ) -> str:
     """Run trials until the study's target of finished trials is reached.
 
     Before claiming, interrupted trials are enqueued once to run again (``on_requeue`` is told
-    which); the trials are listed only when the number of FAIL trials has changed.
+    which); the trials are listed only when the number of FAIL trials has changed. While the
+    running trials cover what is left, ``on_wait`` is told which they are (and which of them
+    had no heartbeat record), each time that set changes. Each trial this worker runs gets the
+    user attribute ``run_id`` when one is given (the ``hpsearch run`` that started it).
 
     Returns why it stopped: ``"budget"`` or ``"grid exhausted"``.
     """
     failed_seen = 0
+    waited: set[int] = set()
+    orphans: set[int] = set()
     reruns_first(study)
     while True:
         lock.acquire()
@@ -233,7 +263,7 @@ def run_until_budget(
                 raise StorageError(
                     f"study {study.study_name!r} has no trial budget; start it with hpsearch run"
                 )
-            optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
+            orphans.update(fail_stale(study))
             counts = state_counts(study)
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
             running = counts.get("RUNNING", 0)
@@ -257,6 +287,8 @@ def run_until_budget(
 
                 def claimed(trial: optuna.Trial) -> float | tuple[float, float]:
                     release()
+                    # also over the tag a retried trial copied from the one it retries
+                    trial.set_user_attr(RUN_ATTR, run_id)
                     return objective(trial)
 
                 # Release as soon as the new trial is committed, before its parameters are
@@ -273,7 +305,15 @@ def run_until_budget(
                 finally:
                     if hooked is not None:
                         hooked.on_trial_created = None
+                waited = set()
                 continue
+            if on_wait is not None:
+                running_now = running_trials(study)
+                numbers = {t.number for t in running_now}
+                orphans &= numbers
+                if numbers and numbers != waited:
+                    on_wait(running_now, orphans)
+                waited = numbers
         finally:
             if held:
                 lock.release()
