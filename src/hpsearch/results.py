@@ -270,6 +270,8 @@ def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> 
 def trials_frame(study: optuna.Study) -> Any:
     """Every trial: number, value, state, times, ``duration_s``, ``params_*``, ``user_attrs_*``
     (mappings such as ``config`` and ``versions`` as JSON text). A pandas DataFrame."""
+    import pandas as pd
+
     df = study.trials_dataframe(
         attrs=(
             "number",
@@ -285,7 +287,9 @@ def trials_frame(study: optuna.Study) -> Any:
     # a study with metric names (hpsearch sets val_accuracy) names the column value_<metric>
     df = df.rename(columns={c: "value" for c in df.columns if str(c).startswith("value_")})
     if "duration" in df.columns:
-        df.insert(df.columns.get_loc("duration"), "duration_s", df["duration"].dt.total_seconds())
+        # while every trial is RUNNING or WAITING the column holds only None (dtype object)
+        seconds = pd.to_timedelta(df["duration"]).dt.total_seconds()
+        df.insert(df.columns.get_loc("duration"), "duration_s", seconds)
         df = df.drop(columns=["duration"])
     for col in df.columns:
         if df[col].dtype == object:
