@@ -67,6 +67,12 @@ def _positive_int(text: str) -> int:
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--allow-other-study-file",
+        action="store_true",
+        help="add trials to an existing study although it was made from another study file "
+        "(its trials then mix two configurations); the search spaces must still agree",
+    )
+    p.add_argument(
         "--heartbeat",
         type=_positive_int,
         default=10,
@@ -269,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     cfg = _load(args, extra)
 
+    from hpsearch.compat import check_reuse
     from hpsearch.data import load_data
     from hpsearch.launcher import launch, plan_slots
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
@@ -284,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
     name = args.study_name or cfg.name
     study = open_study(cfg, storage, name)  # schema and study made once, before any worker
+    check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=True)
     before = finished_count(study)
     study.set_user_attr(TARGET_ATTR, before + args.trials)
     s = cfg.search
@@ -313,6 +321,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--artifacts",
             str(artifacts_dir(url, args.artifacts)),
         ]
+        if args.allow_other_study_file:
+            worker_args.append("--allow-other-study-file")
         for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
             worker_args += ["--set", o]
         codes = launch(slots, worker_args, url)
@@ -328,6 +338,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import torch
 
+    from hpsearch.compat import check_reuse
     from hpsearch.data import load_data
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
     from hpsearch.workers import target
@@ -354,6 +365,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(2)
+    check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=False)
     device = _device(cfg)
     data = load_data(cfg.data, device)
     print(

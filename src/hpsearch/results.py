@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
+from hpsearch.compat import check_objective
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import mask_url, open_storage
@@ -46,8 +47,10 @@ def study_name(study_arg: str, study_name_arg: str | None) -> str:
     return study_name_arg or Path(study_arg).stem
 
 
-def open_existing(url: str, name: str) -> optuna.Study:
-    """Load study ``name``; no database or no such study is a StorageError naming both."""
+def open_existing(url: str, name: str, any_objective: bool = False) -> optuna.Study:
+    """Load study ``name``; no database or no such study is a StorageError naming both, and so
+    is a study that does not maximize one value (unless ``any_objective``: the dashboard shows
+    any Optuna study the way Optuna does)."""
     shown = mask_url(url)
     try:
         parsed = make_url(url)
@@ -67,9 +70,12 @@ def open_existing(url: str, name: str) -> optuna.Study:
     if name not in names:
         known = ", ".join(names) or "none"
         raise StorageError(f"no study named {name!r} in {shown} (studies: {known})")
-    return optuna.load_study(
+    study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
+    if not any_objective:
+        check_objective(study)
+    return study
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
@@ -270,8 +276,6 @@ def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> 
 def trials_frame(study: optuna.Study) -> Any:
     """Every trial: number, value, state, times, ``duration_s``, ``params_*``, ``user_attrs_*``
     (mappings such as ``config`` and ``versions`` as JSON text). A pandas DataFrame."""
-    import pandas as pd
-
     df = study.trials_dataframe(
         attrs=(
             "number",
@@ -288,7 +292,7 @@ def trials_frame(study: optuna.Study) -> Any:
     df = df.rename(columns={c: "value" for c in df.columns if str(c).startswith("value_")})
     if "duration" in df.columns:
         # while every trial is RUNNING or WAITING the column holds only None (dtype object)
-        seconds = pd.to_timedelta(df["duration"]).dt.total_seconds()
+        seconds = df["duration"].astype("timedelta64[ns]").dt.total_seconds()
         df.insert(df.columns.get_loc("duration"), "duration_s", seconds)
         df = df.drop(columns=["duration"])
     for col in df.columns:

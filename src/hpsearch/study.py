@@ -20,6 +20,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpsearch.compat import check_objective, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.resilience import ResilientRDBStorage
@@ -209,12 +210,9 @@ def open_study(
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise StorageError(
-            f"study {study_name!r} exists but minimizes; hpsearch maximizes accuracy"
-        )
+    check_objective(study)
     if not exists:
-        study.set_user_attr("study_file", str(cfg.path))
+        record_study_file(study, cfg)
         study.set_user_attr("metric", "val_accuracy")
         with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
