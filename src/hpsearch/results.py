@@ -57,8 +57,10 @@ def open_existing(url: str, name: str, any_objective: bool = False) -> optuna.St
     except Exception:
         parsed = None
     if parsed is not None and parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not Path(db).expanduser().is_file():
+        db = parsed.database or ""
+        # in memory, or a URI filename: open_storage judges those
+        judged_there = db in ("", ":memory:") or db.startswith("file:")
+        if not judged_there and not Path(db).expanduser().is_file():
             raise StorageError(
                 f"no database at {shown} ({Path(db).expanduser().resolve()} does not exist; "
                 "run hpsearch run first, or pass --storage URL)"

@@ -92,6 +92,13 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)"
         )
     engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite" and _in_memory(parsed.database, parsed.query):
+        # Every connection (and so the heartbeat thread, and every worker) would get its own
+        # empty database, and nothing would be kept when the command ends.
+        raise StorageError(
+            f"storage URL {url} is an in-memory SQLite database: nothing would be kept and "
+            f"workers could not share it; use a file, e.g. {DEFAULT_STORAGE}"
+        )
     if scheme == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
     elif scheme == "postgresql":
@@ -118,6 +125,15 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             else type(e).__name__
         )
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
+
+
+def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:`` and URI forms such as ``file::memory:`` or
+    ``mode=memory``."""
+    if not database or database == ":memory:":
+        return True
+    mode = query.get("mode")
+    return database.startswith("file:") and (":memory:" in database or mode == "memory")
 
 
 def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
