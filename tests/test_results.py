@@ -123,8 +123,8 @@ def test_no_database_no_study_no_completed_trial(smoke_study: Path, tmp_path: Pa
     err = one_line_error(hpsearch(argv("best --study nope"), smoke_study))
     assert "no study named 'nope'" in err and "(studies: smoke)" in err
 
-    study = optuna.create_study(
-        study_name="failed", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    study = optuna.create_study(  # maximize: a minimizing study is refused before this check
+        study_name="failed", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}", direction="maximize"
     )
     trial = study.ask()
     study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -69,6 +69,12 @@ def _positive_int(text: str) -> int:
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--allow-other-study-file",
+        action="store_true",
+        help="add trials to an existing study although it was made from another study file "
+        "(its trials then mix two configurations); the search spaces must still agree",
+    )
+    p.add_argument(
         "--heartbeat",
         type=_positive_int,
         default=10,
@@ -272,6 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args, extra)
 
     from hpsearch.budget import join, run_lease, withdraw
+    from hpsearch.compat import check_reuse
     from hpsearch.data import load_data
     from hpsearch.launcher import launch, plan_slots
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
@@ -294,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lock.acquire()
     try:
         study = open_study(cfg, storage, name)  # schema and study made once, before any worker
+        check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=True)
         share = join(study, args.trials, lease, uuid.uuid4().hex[:12])
     except BaseException:
         lease.release()
@@ -336,6 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "--artifacts",
                 str(artifacts_dir(url, args.artifacts)),
             ]
+            if args.allow_other_study_file:
+                worker_args.append("--allow-other-study-file")
             for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
                 worker_args += ["--set", o]
             codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
@@ -370,6 +380,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import torch
 
+    from hpsearch.compat import check_reuse
     from hpsearch.data import load_data
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
     from hpsearch.workers import target
@@ -401,6 +412,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(2)
+    check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=False)
     device = _device(cfg)
     data = load_data(cfg.data, device)
     print(

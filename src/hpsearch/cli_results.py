@@ -240,7 +240,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     store = artifacts_dir(url, args.artifacts)
     study_id = None
     if args.study is not None or args.study_name is not None:
-        study = open_existing(url, study_name(args.study or "", args.study_name))
+        study = open_existing(
+            url, study_name(args.study or "", args.study_name), any_objective=True
+        )
         study_id = study._study_id
         storage = study._storage
     else:

@@ -4,8 +4,9 @@ Optuna's RDB storage runs every call in its own transaction: a call that failed 
 went away was rolled back and can simply be made again once the server is back (``pool_pre_ping``
 replaces the dead pooled connections). :class:`ResilientRDBStorage` does that for every call a
 worker makes, waiting 0.5, 1, 2, 4, 8, 10, 10... seconds for up to ``RETRY_SECONDS`` in all, then
-gives up with a one-line error. Errors that are not about the connection (a constraint, bad data)
-are raised at once.
+gives up with a one-line error. Errors that are not about the connection are raised at once: a
+constraint or bad data as they are, and a database that refuses the work for good (read-only,
+no such table, full disk) as one line naming it.
 
 A commit that reached the server but whose reply was lost: retrying ``set_trial_state_values``
 finds the trial already finished, which is treated as success; retrying ``create_new_trial`` makes a
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
 
@@ -32,23 +35,63 @@ T = TypeVar("T")
 _log = logging.getLogger("hpsearch")
 
 
-def is_disconnect(error: BaseException | None) -> bool:
-    """Whether ``error`` (or what caused it) says the database connection is gone."""
+def _db_error(error: BaseException | None) -> sqlalchemy.exc.DBAPIError | None:
+    """The database driver's error behind ``error`` (Optuna wraps some), or None."""
     seen = 0
     while error is not None and seen < 10:
-        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-            return True
-        if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-            return True
+        if isinstance(error, sqlalchemy.exc.DBAPIError):
+            return error
         error = error.__cause__ or error.__context__
         seen += 1
-    return False
+    return None
+
+
+def is_disconnect(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says the database connection is gone, or the
+    server cannot be reached for now: the only errors worth retrying. A read-only database, a
+    missing table or a full disk is just as OperationalError but will not heal by waiting."""
+    db = _db_error(error)
+    if db is None:
+        return False
+    if db.connection_invalidated:
+        return True
+    if not isinstance(db, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return False
+    orig = db.orig
+    if isinstance(orig, sqlite3.Error):
+        # A local file has no connection to lose; "database is locked" (other writers beyond
+        # the 30 s busy timeout) is the one SQLite error that clears by itself.
+        return "locked" in str(orig)
+    state = getattr(orig, "sqlstate", None)
+    # No SQLSTATE: the client could not reach the server or lost it (psycopg, and drivers that
+    # do not say). Class 08 is "connection exception"; 57P01-57P03: shut down, starting up.
+    return state is None or str(state).startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def permanent_error(error: BaseException, what: str, url: str) -> StorageError | None:
+    """A one-line StorageError for a database error that retrying will not cure, e.g. "attempt
+    to write a readonly database"; None for anything else (a bug keeps its traceback)."""
+    db = _db_error(error)
+    if not isinstance(db, sqlalchemy.exc.OperationalError):
+        return None
+    reason = (str(db.orig).strip().splitlines() or [type(db.orig).__name__])[0]
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        shown = "the storage"
+    hint = " (is the file or its directory read-only?)" if "readonly" in reason else ""
+    return StorageError(f"database {shown} failed during {what}: {reason}{hint}")
 
 
 def retrying(
-    call: Callable[[], T], what: str, budget: float = RETRY_SECONDS, sleep: float = 0.5
+    call: Callable[[], T],
+    what: str,
+    budget: float = RETRY_SECONDS,
+    sleep: float = 0.5,
+    url: str | None = None,
 ) -> T:
-    """``call()``, retried with backoff while it fails for a dropped connection."""
+    """``call()``, retried with backoff while it fails for a dropped connection. With ``url``
+    (the storage's), an error that waiting will not cure is one line naming the database."""
     deadline = time.monotonic() + budget
     attempt = 0
     while True:
@@ -56,6 +99,9 @@ def retrying(
             return call()
         except Exception as e:
             if not is_disconnect(e):
+                permanent = None if url is None else permanent_error(e, what, url)
+                if permanent is not None:
+                    raise permanent from None
                 raise
             if time.monotonic() + sleep > deadline:
                 raise StorageError(
@@ -118,6 +164,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         trial: optuna.trial.FrozenTrial = retrying(
             lambda: super(ResilientRDBStorage, self)._create_new_trial(study_id, template_trial),
             "create_new_trial",
+            url=self.url,
         )
         # Only a trial made from nothing is the one ``ask`` wanted: a template is a copy that
         # Optuna adds on the way (the stale-trial retry, an enqueued trial), and releasing
@@ -184,7 +231,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             finally:
                 first = False
 
-        return retrying(call, "set_trial_state_values")
+        return retrying(call, "set_trial_state_values", url=self.url)
 
 
 def _wrap(name: str) -> None:
@@ -192,7 +239,7 @@ def _wrap(name: str) -> None:
 
     @functools.wraps(method)
     def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return retrying(lambda: method(self, *args, **kwargs), name)
+        return retrying(lambda: method(self, *args, **kwargs), name, url=self.url)
 
     setattr(ResilientRDBStorage, name, wrapper)
 

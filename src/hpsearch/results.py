@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
+from hpsearch.compat import check_objective
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.existing import require_studies
 from hpsearch.files import discard
@@ -47,8 +48,10 @@ def study_name(study_arg: str, study_name_arg: str | None) -> str:
     return study_name_arg or Path(study_arg).stem
 
 
-def open_existing(url: str, name: str) -> optuna.Study:
-    """Load study ``name``; no database or no such study is a StorageError naming both."""
+def open_existing(url: str, name: str, any_objective: bool = False) -> optuna.Study:
+    """Load study ``name``; no database or no such study is a StorageError naming both, and so
+    is a study that does not maximize one value (unless ``any_objective``: the dashboard shows
+    any Optuna study the way Optuna does)."""
     shown = mask_url(url)
     require_studies(url)  # never creates a database or its tables
     storage = open_storage(url)
@@ -58,9 +61,12 @@ def open_existing(url: str, name: str) -> optuna.Study:
     if name not in names:
         known = ", ".join(names) or "none"
         raise StorageError(f"no study named {name!r} in {shown} (studies: {known})")
-    return optuna.load_study(
+    study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
+    if not any_objective:
+        check_objective(study)
+    return study
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
@@ -318,7 +324,9 @@ def trials_frame(study: optuna.Study) -> Any:
     # a study with metric names (hpsearch sets val_accuracy) names the column value_<metric>
     df = df.rename(columns={c: "value" for c in df.columns if str(c).startswith("value_")})
     if "duration" in df.columns:
-        df.insert(df.columns.get_loc("duration"), "duration_s", df["duration"].dt.total_seconds())
+        # while every trial is RUNNING or WAITING the column holds only None (dtype object)
+        seconds = df["duration"].astype("timedelta64[ns]").dt.total_seconds()
+        df.insert(df.columns.get_loc("duration"), "duration_s", seconds)
         df = df.drop(columns=["duration"])
     for col in df.columns:
         if df[col].dtype == object:

@@ -21,6 +21,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpsearch.compat import OBJECTIVES_ATTR, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.resilience import ResilientRDBStorage
@@ -105,6 +106,13 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)"
         )
     engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite" and _in_memory(parsed.database, parsed.query):
+        # Every connection (and so the heartbeat thread, and every worker) would get its own
+        # empty database, and nothing would be kept when the command ends.
+        raise StorageError(
+            f"storage URL {url} is an in-memory SQLite database: nothing would be kept and "
+            f"workers could not share it; use a file, e.g. {DEFAULT_STORAGE}"
+        )
     if scheme == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
     elif scheme == "postgresql":
@@ -147,6 +155,15 @@ def _create_storage(
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:`` and URI forms such as ``file::memory:`` or
+    ``mode=memory``."""
+    if not database or database == ":memory:":
+        return True
+    mode = query.get("mode")
+    return database.startswith("file:") and (":memory:" in database or mode == "memory")
 
 
 def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -250,7 +267,7 @@ def open_study(
         load_if_exists=True,
     )
     if not exists:
-        study.set_user_attr("study_file", str(cfg.path))
+        record_study_file(study, cfg)
         study.set_user_attr("metric", "val_accuracy")
         study.set_user_attr(OBJECTIVES_ATTR, objectives)
         with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
@@ -265,9 +282,6 @@ def open_study(
                     near_baseline_params(cfg.search, rng), user_attrs={"near_baseline": True}
                 )
     return study
-
-
-OBJECTIVES_ATTR = "objectives"  # study user attribute: what each of the trial's values is
 
 
 def _directions(cfg: StudyConfig) -> list[optuna.study.StudyDirection]:
