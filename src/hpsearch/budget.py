@@ -65,7 +65,10 @@ class _FileLease:
             try:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited
             except OSError as e:
-                raise StorageError(f"cannot open {self.path}: {e.strerror}") from None
+                raise StorageError(
+                    f"cannot open {self.path}: {e.strerror} (a readonly database? its lock "
+                    "file is written beside it)"
+                ) from None
         return self.fd
 
     def others_live(self) -> bool:

@@ -47,15 +47,18 @@ def check_objective(study: optuna.Study) -> None:
     """Refuse a study that does not maximize one value (hpsearch's validation accuracy) and is
     not one of hpsearch's own Pareto studies (``search.objectives``: accuracy up, latency or
     parameters down): its best trial would read upside down, or not at all."""
-    directions = study.directions
+    check_directions(study.study_name, study.directions, study.user_attrs.get(OBJECTIVES_ATTR))
+
+
+def check_directions(name: str, directions: list[StudyDirection], objectives: object) -> None:
+    """:func:`check_objective` on what the storage holds (before the study is loaded)."""
     if len(directions) == 1 and directions[0] == StudyDirection.MAXIMIZE:
         return
-    names = study.user_attrs.get(OBJECTIVES_ATTR)
     if (
         directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
-        and isinstance(names, list)
-        and len(names) == 2
-        and names[0] == "val_accuracy"
+        and isinstance(objectives, list)
+        and len(objectives) == 2
+        and objectives[0] == "val_accuracy"
     ):
         return
     if len(directions) == 1:
@@ -64,9 +67,9 @@ def check_objective(study: optuna.Study) -> None:
         names = ", ".join(d.name.lower() for d in directions)
         what = f"has {len(directions)} objectives ({names})"
     raise StorageError(
-        f"study {study.study_name!r} {what}; hpsearch reads and runs only studies that maximize "
-        "one value (validation accuracy), or that it made with search.objectives: look at this "
-        "one with hpsearch dashboard or the optuna CLI"
+        f"study {name!r} {what}; hpsearch reads and runs only studies that maximize one value "
+        "(validation accuracy), or that it made with search.objectives: look at this one with "
+        "hpsearch dashboard or the optuna CLI"
     )
 
 

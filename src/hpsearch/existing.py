@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
-from hpsearch.study import mask_url
+from hpsearch.study import in_memory_message, is_in_memory_sqlite, mask_url
 
 
 def require_database(url: str) -> None:
@@ -24,11 +24,8 @@ def require_database(url: str) -> None:
     if parsed.get_backend_name() != "sqlite":
         return
     db = parsed.database
-    if not db or db == ":memory:":
-        raise StorageError(
-            f"{mask_url(url)} is an in-memory database: it holds no studies (pass the "
-            "--storage URL that hpsearch run used)"
-        )
+    if not db or db == ":memory:" or is_in_memory_sqlite(db, parsed.query):
+        raise StorageError(in_memory_message(mask_url(url)))
     path = Path(db).expanduser()
     if not db.startswith("file:") and not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"

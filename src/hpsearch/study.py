@@ -21,7 +21,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from hpsearch.compat import OBJECTIVES_ATTR, record_study_file
+from hpsearch.compat import OBJECTIVES_ATTR, check_directions, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.resilience import ResilientRDBStorage
@@ -106,13 +106,10 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)"
         )
     engine_kwargs: dict[str, Any] = {}
-    if scheme == "sqlite" and _in_memory(parsed.database, parsed.query):
+    if scheme == "sqlite" and is_in_memory_sqlite(parsed.database, parsed.query):
         # Every connection (and so the heartbeat thread, and every worker) would get its own
         # empty database, and nothing would be kept when the command ends.
-        raise StorageError(
-            f"storage URL {url} is an in-memory SQLite database: nothing would be kept and "
-            f"workers could not share it; use a file, e.g. {DEFAULT_STORAGE}"
-        )
+        raise StorageError(in_memory_message(url))
     if scheme == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
     elif scheme == "postgresql":
@@ -157,7 +154,14 @@ def _create_storage(
     raise AssertionError("unreachable")
 
 
-def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
+def in_memory_message(shown: str) -> str:
+    return (
+        f"storage URL {shown} is an in-memory SQLite database: nothing would be kept and "
+        f"workers could not share it; use a file, e.g. {DEFAULT_STORAGE}"
+    )
+
+
+def is_in_memory_sqlite(database: str | None, query: Mapping[str, Any]) -> bool:
     """``sqlite://``, ``sqlite:///:memory:`` and URI forms such as ``file::memory:`` or
     ``mode=memory``."""
     if not database or database == ":memory:":
@@ -300,11 +304,11 @@ def _check_objectives(
 ) -> None:
     """A study file's objectives must be the existing study's (its directions, and what hpsearch
     recorded they are)."""
-    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    stored = storage.get_study_directions(study_id)
     recorded = storage.get_study_user_attrs(study_id).get(OBJECTIVES_ATTR)
+    check_directions(name, list(stored), recorded)
+    directions = [d.name.lower() for d in stored]
     wanted = list(cfg.search.objectives)
-    if directions == ["minimize"]:
-        raise StorageError(f"study {name!r} exists but minimizes; hpsearch maximizes accuracy")
     if directions != cfg.search.directions or (recorded is not None and recorded != wanted):
         have = recorded if recorded is not None else directions
         raise StorageError(

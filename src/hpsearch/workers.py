@@ -78,6 +78,41 @@ class PgAdvisoryLock:
                 self.conn = None
 
 
+class _ClaimFile:
+    """The file lock beside an SQLite file; a lock file that cannot be made (a read-only
+    directory or file system) is one line naming the database, not a traceback."""
+
+    def __init__(self, path: str, db_url: str) -> None:
+        self.lock = FileLock(path)
+        self.db_url = db_url
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.lock.acquire(*args, **kwargs)
+        except OSError as e:
+            from hpsearch.study import mask_url
+
+            raise StorageError(
+                f"database {mask_url(self.db_url)} failed during locking: cannot make "
+                f"{self.lock.lock_file}: {e.strerror or e} (a readonly database? its lock file "
+                "is written beside it)"
+            ) from None
+
+    def release(self, *args: Any, **kwargs: Any) -> None:
+        self.lock.release(*args, **kwargs)
+
+    @property
+    def is_locked(self) -> bool:
+        return bool(self.lock.is_locked)
+
+    def __enter__(self) -> _ClaimFile:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
     """The lock that makes "count, then ask" atomic across workers of this storage."""
     storage = getattr(storage, "_backend", storage)  # a study wraps RDBStorage in a cache layer
@@ -90,7 +125,7 @@ def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
     if backend == "postgresql":
         return PgAdvisoryLock(storage, study_name)
     if backend == "sqlite" and url.database and url.database != ":memory:":
-        return FileLock(f"{url.database}.claims.lock")
+        return _ClaimFile(f"{url.database}.claims.lock", storage.url)
     if backend == "sqlite":
         return threading.Lock()
     raise StorageError(f"{backend} storage is not supported for an exact budget; use postgresql")
