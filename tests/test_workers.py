@@ -193,13 +193,18 @@ def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
 
 def test_claim_lock_excludes_other_processes(workdir: Path, pg_url: str) -> None:
     import psycopg
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     from hpsearch.study import open_storage
     from hpsearch.workers import PgAdvisoryLock, claim_lock
 
     lite = optuna.create_study(storage=open_storage(f"sqlite:///{workdir / 'l.db'}"))
-    assert isinstance(claim_lock(lite._storage, lite.study_name), FileLock)
+    beside = claim_lock(lite._storage, lite.study_name)  # a file lock beside the SQLite file
+    beside.acquire()
+    with pytest.raises(Timeout):  # another holder of that file must wait
+        FileLock(str(workdir / "l.db.claims.lock")).acquire(timeout=0)
+    beside.release()
+    FileLock(str(workdir / "l.db.claims.lock")).acquire(timeout=0)
     study = optuna.create_study(storage=open_storage(pg_url), study_name="locked")
     lock = claim_lock(study._storage, "locked")  # the study's storage is Optuna's cache wrapper
     assert isinstance(lock, PgAdvisoryLock)
