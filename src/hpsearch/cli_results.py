@@ -195,11 +195,19 @@ def _open(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
 def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, str]:
     """The checkpoint of ``--trial`` (default: the best completed trial), or with
     ``--confirmed`` the confirmed winner's; and how to name it in a message."""
+    study, _, store = _open(args)
+    _, ckpt, label = _chosen(study, store, args)
+    return ckpt, label
+
+
+def _chosen(
+    study: optuna.Study, store: Path, args: argparse.Namespace
+) -> tuple[optuna.trial.FrozenTrial, Checkpoint, str]:
+    """The trial ``--trial``/``--confirmed`` names, its checkpoint, and how to name it."""
     from hpsearch.checkpoint import load_checkpoint
     from hpsearch.errors import ConfigError
     from hpsearch.results import confirmed_checkpoint_path, confirmed_trial, keep_hint, pick_trial
 
-    study, _, store = _open(args)
     if args.confirmed:
         if args.trial is not None:
             raise ConfigError("--confirmed and --trial: give one of them")
@@ -210,10 +218,10 @@ def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, str]:
             f"{c['val_accuracy_std']:.4f} over {c['n']} seeds; this model, seed {c['seed']}: "
             f"{ckpt.value:.4f})"
         )
-        return ckpt, label
+        return trial, ckpt, label
     trial = pick_trial(study, args.trial)
     ckpt = load_checkpoint(trial, store, keep_hint(study, store))
-    return ckpt, f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f})"
+    return trial, ckpt, f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f})"
 
 
 def _device(name: str) -> torch.device:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from hpsearch.cli_results import (
+    _chosen,
     _confirmed_arg,
     _device,
     _open,
@@ -91,22 +92,12 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hpsearch.checkpoint import load_checkpoint
     from hpsearch.dashboard import dashboard_url
-    from hpsearch.errors import ConfigError
-    from hpsearch.results import confirmed_checkpoint_path, confirmed_trial, keep_hint, pick_trial
     from hpsearch.serve import Limits, Model, create_app, listen, model_info, run
     from hpsearch.study import mask_url
 
     study, url, store = _open(args)
-    if args.confirmed:
-        if args.trial is not None:
-            raise ConfigError("--confirmed and --trial: give one of them")
-        trial, c = confirmed_trial(study)
-        ckpt = load_checkpoint(trial, store, path=confirmed_checkpoint_path(c, store))
-    else:
-        trial = pick_trial(study, args.trial)
-        ckpt = load_checkpoint(trial, store, keep_hint(study, store))
+    trial, ckpt, _ = _chosen(study, store, args)
     model = Model(ckpt, _device(args.device))
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
