@@ -9,8 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from hpsearch.spec import ArchSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HPSEARCH_TEST_DATA", REPO.parent / "shared" / "data" / "catdog"))
@@ -135,3 +139,19 @@ def smoke_study(_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return work
+
+
+def tiny_arch() -> ArchSpec:
+    """One 8-channel conv block and an 8-unit dense layer: a real model that builds and saves in
+    milliseconds, for tests of what happens around a trained model."""
+    from hpsearch.spec import ArchSpec
+
+    return ArchSpec(
+        channels=(8,),
+        kernel_sizes=(3,),
+        activation="relu",
+        batch_norm=False,
+        residual=False,
+        dropout=0.0,
+        dense_units=8,
+    )

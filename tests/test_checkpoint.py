@@ -11,7 +11,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import argv, hpsearch
+from conftest import argv, hpsearch, tiny_arch
 from hpsearch.artifacts import (
     CHECKPOINT_ATTR,
     KEPT_ATTR,
@@ -191,20 +191,11 @@ def test_two_trials_finishing_together_leave_keep_checkpoints_files(tmp_path: Pa
 
     from hpsearch.checkpoint import CheckpointKeeper
     from hpsearch.model import build_model
-    from hpsearch.spec import ArchSpec
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
     store = tmp_path / "store"
     keeper = CheckpointKeeper(store, 1, load_study("smoke"), ("cat", "dog"), 32, {})
-    arch = ArchSpec(
-        channels=(8,),
-        kernel_sizes=(3,),
-        activation="relu",
-        batch_norm=False,
-        residual=False,
-        dropout=0.0,
-        dense_units=8,
-    )
+    arch = tiny_arch()
     model = build_model(arch, 2, 32)
     a, b = study.ask(), study.ask()  # two workers' trials, both running
     assert keeper.offer(a, model, arch, 0.8) and keeper.offer(b, model, arch, 0.7)

@@ -13,7 +13,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from conftest import hpsearch
+from conftest import hpsearch, tiny_arch
 from hpsearch.artifacts import CHECKPOINT_ATTR, KEPT_ATTR
 from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import load_study, parse_set
@@ -21,7 +21,6 @@ from hpsearch.data import load_data
 from hpsearch.errors import ConfigError
 from hpsearch.model import build_model
 from hpsearch.objective import make_objective
-from hpsearch.spec import ArchSpec
 
 TWO = "search.objectives=[val_accuracy, params]"
 TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]
@@ -68,15 +67,7 @@ def test_with_two_objectives_the_front_keeps_its_checkpoints(tmp_path: Path) -> 
         storage=f"sqlite:///{tmp_path / 'db.sqlite'}", directions=["maximize", "minimize"]
     )
     keeper = CheckpointKeeper(tmp_path / "store", 1, cfg, ("cat", "dog"), 32, {})
-    arch = ArchSpec(
-        channels=(8,),
-        kernel_sizes=(3,),
-        activation="relu",
-        batch_norm=False,
-        residual=False,
-        dropout=0.0,
-        dense_units=8,
-    )
+    arch = tiny_arch()
     model = build_model(arch, 2, 32)
     for values in ((0.8, 100.0), (0.6, 200.0), (0.7, 50.0)):
         trial = study.ask()
