@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from conftest import argv, hpsearch, tiny_arch
-from hpsearch.artifacts import (
-    CHECKPOINT_ATTR,
-    KEPT_ATTR,
-    AtomicArtifactStore,
-    CheckpointError,
-    checkpoint_path,
-)
+from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.checkpoint import load_checkpoint
 from hpsearch.config import load_study, parse_set
 from hpsearch.errors import ConfigError
 from hpsearch.results import ranked
 from hpsearch.study import artifacts_dir
+from hpsearch.study_state import CHECKPOINT_ATTR, KEPT_ATTR
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from hpsearch import workers
 from hpsearch.budget import join, run_lease, withdraw
 from hpsearch.resilience import ResilientRDBStorage
 from hpsearch.study import open_storage
-from hpsearch.workers import TARGET_ATTR, claim_lock, run_until_budget, target
+from hpsearch.study_state import TARGET_ATTR, target
+from hpsearch.workers import claim_lock, run_until_budget
 
 X = {"x": FloatDistribution(0, 1)}
 

@@ -73,3 +73,14 @@ def test_the_engine_never_imports_optuna_or_a_database(module: str) -> None:
 def test_nothing_below_the_command_line_imports_it(module: str) -> None:
     found = {f"hpsearch.{c}" for c in CLI} & reach(module)
     assert not found, f"hpsearch.{module} imports {sorted(found)}"
+
+
+# the worker loop's users: they run trials or confirm runs under its claim lock
+WORKER_LOOP_USERS = ("workers", "budget", "confirm", *CLI)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in WORKER_LOOP_USERS])
+def test_only_the_worker_loop_users_import_it(module: str) -> None:
+    """The attribute names and the study's state live in hpsearch.study_state: no module
+    imports the worker loop for a constant or a query."""
+    assert "hpsearch.workers" not in reach(module), f"hpsearch.{module} imports hpsearch.workers"

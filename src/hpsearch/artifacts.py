@@ -15,9 +15,8 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
 from hpsearch.files import discard
+from hpsearch.study_state import CHECKPOINT_ATTR, CHECKPOINT_ERROR_ATTR
 
-CHECKPOINT_ATTR = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
-KEPT_ATTR = "kept_checkpoints"  # study user attribute: trials whose checkpoint is kept, best first
 _SAFE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]*$")
 # upload_artifact names every file with a uuid4; a "checkpoint" attribute that is not one was
 # written by someone else (a plain-Optuna study's own path or URL) and is never ours to delete
@@ -65,7 +64,7 @@ def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") ->
     """The file of ``trial``'s checkpoint in the store, or a CheckpointError saying why not."""
     artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
     if not isinstance(artifact_id, str):
-        why = trial.user_attrs.get("checkpoint_error")
+        why = trial.user_attrs.get(CHECKPOINT_ERROR_ATTR)
         raise CheckpointError(
             f"trial {trial.number} has no checkpoint"
             + (f" ({why})" if why else " (it never ranked among the kept best trials)")

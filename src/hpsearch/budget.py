@@ -31,9 +31,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from hpsearch import optuna_private
 from hpsearch.errors import StorageError
 from hpsearch.resilience import retrying
-from hpsearch.workers import RUN_ATTR, TARGET_ATTR, Lock, count_states, target
+from hpsearch.study_state import RUN_ATTR, TARGET_ATTR, count_states, target
+from hpsearch.workers import Lock
 
 
 class RunLease(Protocol):
@@ -125,7 +127,7 @@ class _PgLease:
 
 def run_lease(storage: optuna.storages.BaseStorage, study_name: str) -> RunLease:
     """The lock that tells whether another ``hpsearch run`` on this study is going."""
-    backend = getattr(storage, "_backend", storage)
+    backend = optuna_private.backend(storage)
     if not isinstance(backend, optuna.storages.RDBStorage):
         return _NoLease()
     url = make_url(backend.url)

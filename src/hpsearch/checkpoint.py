@@ -31,8 +31,6 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from hpsearch.artifacts import (
-    CHECKPOINT_ATTR,
-    KEPT_ATTR,
     AtomicArtifactStore,
     CheckpointError,
     checkpoint_path,
@@ -43,6 +41,7 @@ from hpsearch.model import build_model
 from hpsearch.space import params_source, sample_values, to_trial_spec
 from hpsearch.spec import ArchSpec
 from hpsearch.study import is_feasible
+from hpsearch.study_state import CHECKPOINT_ATTR, CHECKPOINT_ERROR_ATTR, KEPT_ATTR, fresh_trials
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +135,6 @@ class CheckpointKeeper:
             self._evict(study, done, self._top(done, None), also_kept=[])
 
     def _completed(self, study: optuna.Study) -> list[FrozenTrial]:
-        from hpsearch.workers import fresh_trials
-
         return [
             t
             for t in fresh_trials(study)
@@ -197,7 +194,7 @@ class CheckpointKeeper:
             detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
             reason = f"checkpoint not saved in {self.store.base_path}: {detail[:300]}"
             log.warning("trial %d: %s", trial.number, reason)
-            trial.set_user_attr("checkpoint_error", reason)
+            trial.set_user_attr(CHECKPOINT_ERROR_ATTR, reason)
             return False
         trial.set_user_attr(CHECKPOINT_ATTR, artifact_id)
         return True

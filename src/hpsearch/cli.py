@@ -383,7 +383,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.compat import check_reuse
     from hpsearch.data import load_data
     from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
-    from hpsearch.workers import target
+    from hpsearch.study_state import target
 
     threads = os.environ.get("HPSEARCH_THREADS")
     if threads and threads.isdigit():
@@ -435,6 +435,7 @@ def _work(
     run_id: str | None,
 ) -> None:
     """Run this process's share of the budget, printing progress."""
+    from hpsearch import optuna_private
     from hpsearch.objective import TrialOutOfMemory, make_keeper, make_objective
     from hpsearch.progress import Progress, RunSize
     from hpsearch.study import grid_check
@@ -461,7 +462,7 @@ def _work(
     reason = run_until_budget(
         study,
         make_objective(cfg, data, progress.epoch, keeper),
-        claim_lock(study._storage, study.study_name),
+        claim_lock(optuna_private.storage_of(study), study.study_name),
         callbacks=[progress.trial_done, *([keeper.settle] if keeper is not None else [])],
         catch=(TrialOutOfMemory,),
         poll_seconds=min(5.0, float(heartbeat)),
@@ -494,7 +495,7 @@ def _summary(cfg: StudyConfig, study: optuna.Study, share: Share, url: str) -> i
 
     from hpsearch.budget import finished_by
     from hpsearch.study import grid_check, mask_url, storage_url
-    from hpsearch.workers import finished_count, target
+    from hpsearch.study_state import finished_count, target
 
     trials = study.get_trials(deepcopy=False)
     running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
@@ -556,6 +557,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         to_trial_spec,
         trial_seed,
     )
+    from hpsearch.study_state import SEED_ATTR
     from hpsearch.train import fit
 
     label = str(args.trial)
@@ -570,7 +572,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         t = _stored_trial(cfg, args, label)
         values = sample_values(cfg.search, params_source(t.params, f"trial {t.number}"))
         params = dict(t.params)
-        seed = int(t.user_attrs.get("seed", trial_seed(cfg.search.seed, t.number)))
+        seed = int(t.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, t.number)))
         label = f"trial {t.number}"
     spec = to_trial_spec(values, cfg, seed)
     device = _device(cfg)
@@ -670,9 +672,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import optuna
 
+        from hpsearch.optuna_private import OPTIMIZE_LOGGER
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # on the logger that writes them, so no handler (Optuna's or the root's) sees them
-        logging.getLogger("optuna.study._optimize").addFilter(_quiet_interrupt)
+        logging.getLogger(OPTIMIZE_LOGGER).addFilter(_quiet_interrupt)
         code: int = args.func(args)
         return code
     except HpsearchError as e:

@@ -240,6 +240,7 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpsearch import optuna_private
     from hpsearch.dashboard import bind, dashboard_url, serve
     from hpsearch.results import open_existing, study_name
     from hpsearch.study import artifacts_dir, mask_url, open_storage, storage_url
@@ -251,8 +252,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         study = open_existing(
             url, study_name(args.study or "", args.study_name), any_objective=True
         )
-        study_id = study._study_id
-        storage = study._storage
+        study_id = optuna_private.study_id(study)
+        storage = optuna_private.storage_of(study)
     else:
         from hpsearch.existing import require_database
 

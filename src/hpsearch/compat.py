@@ -34,13 +34,9 @@ from optuna.study import StudyDirection
 from hpsearch.config import SearchConfig, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.space import Choice, Fixed, FloatRange, IntRange, Plain, Scalar, sample_values
+from hpsearch.study_state import OBJECTIVES_ATTR, STUDY_FILE_ATTR, STUDY_FILE_SHA_ATTR
 
-STUDY_FILE_ATTR = "study_file"  # study attr: the resolved path of the study file it was made from
-STUDY_FILE_SHA_ATTR = "study_file_sha256"  # study attr: that file's content, as last run there
 ALLOW_FLAG = "--allow-other-study-file"
-
-
-OBJECTIVES_ATTR = "objectives"  # study user attribute: what each of the trial's values is
 
 
 def check_objective(study: optuna.Study) -> None:

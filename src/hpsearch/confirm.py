@@ -35,6 +35,7 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import FrozenTrial
 
+from hpsearch import optuna_private
 from hpsearch.checkpoint import checkpoint_blob, checkpoint_from_blob, remove_artifact, save_blob
 from hpsearch.config import DataConfig, Override, StudyConfig, config_from_dict
 from hpsearch.data import DeviceData, list_split, load_data
@@ -42,7 +43,10 @@ from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError
 from hpsearch.files import what_is
 from hpsearch.progress import duration
 from hpsearch.resilience import retrying
-from hpsearch.results import (
+from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
+from hpsearch.study_state import (
+    CLAIMS_ATTR,
+    CONFIG_ATTR,
     CONFIRM_CHECKPOINT,
     CONFIRM_N,
     CONFIRM_RUNS,
@@ -53,12 +57,10 @@ from hpsearch.results import (
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
+    SEED_ATTR,
 )
-from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
 from hpsearch.train import EpochMetrics, NonFiniteLoss, fit, resolve_device
 from hpsearch.workers import Lock, claim_lock
-
-CLAIMS_ATTR = "confirm_claims"  # study attr: {"<trial>:<run>": "<host>:<pid>"} being trained
 
 
 def confirm_seed(seed: int, run: int) -> int:
@@ -70,7 +72,7 @@ def confirm_seed(seed: int, run: int) -> int:
 
 
 def own_seed(t: FrozenTrial, cfg: StudyConfig) -> int:
-    return int(t.user_attrs.get("seed", trial_seed(cfg.search.seed, t.number)))
+    return int(t.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, t.number)))
 
 
 def trial_config(
@@ -78,7 +80,7 @@ def trial_config(
 ) -> StudyConfig:
     """The configuration trial ``t`` was trained with (its ``config`` attribute), with the
     ``--set`` overrides applied; a trial without one uses ``fallback`` (the study file)."""
-    recorded = t.user_attrs.get("config")
+    recorded = t.user_attrs.get(CONFIG_ATTR)
     if not isinstance(recorded, dict):
         if fallback is None:
             raise ConfigError(
@@ -160,16 +162,9 @@ def plan(top: Sequence[FrozenTrial], configs: Mapping[int, StudyConfig], seeds: 
 
 # --- the attributes of finished trials -----------------------------------------------------
 
-_ATTRS = sa.table(
-    "trial_user_attributes",
-    sa.column("trial_id", sa.Integer),
-    sa.column("key", sa.String),
-    sa.column("value_json", sa.Text),
-)
-
 
 def _engine(study: optuna.Study) -> sa.Engine:
-    backend = getattr(study._storage, "_backend", study._storage)
+    backend = optuna_private.study_backend(study)
     if not isinstance(backend, optuna.storages.RDBStorage):
         raise StorageError("hpsearch confirm needs an SQL storage (sqlite or postgresql)")
     return backend.engine
@@ -180,13 +175,9 @@ def read_attrs(study: optuna.Study, trial: FrozenTrial, keys: Sequence[str]) -> 
     cache never re-reads a finished trial)."""
 
     def read() -> dict[str, Any]:
-        with _engine(study).connect() as conn:
-            rows = conn.execute(
-                sa.select(_ATTRS.c.key, _ATTRS.c.value_json).where(
-                    _ATTRS.c.trial_id == trial._trial_id, _ATTRS.c.key.in_(list(keys))
-                )
-            ).all()
-        return {str(k): json.loads(v) for k, v in rows}
+        return optuna_private.read_trial_user_attrs(
+            _engine(study), optuna_private.trial_id(trial), keys
+        )
 
     return retrying(read, "reading confirm results")
 
@@ -195,18 +186,7 @@ def write_attrs(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any
     """Set user attributes of a finished trial, in one transaction (insert or update)."""
 
     def write() -> None:
-        with _engine(study).begin() as conn:
-            for key, value in attrs.items():
-                where = (_ATTRS.c.trial_id == trial._trial_id) & (_ATTRS.c.key == key)
-                done = conn.execute(
-                    sa.update(_ATTRS).where(where).values(value_json=json.dumps(value))
-                )
-                if done.rowcount == 0:
-                    conn.execute(
-                        sa.insert(_ATTRS).values(
-                            trial_id=trial._trial_id, key=key, value_json=json.dumps(value)
-                        )
-                    )
+        optuna_private.write_trial_user_attrs(_engine(study), optuna_private.trial_id(trial), attrs)
 
     retrying(write, "recording a confirm run")
 
@@ -246,7 +226,8 @@ def clear_claims(study: optuna.Study) -> None:
 
 
 def _claims(study: optuna.Study) -> dict[str, str]:
-    claims = study._storage.get_study_user_attrs(study._study_id).get(CLAIMS_ATTR)
+    storage = optuna_private.storage_of(study)
+    claims = storage.get_study_user_attrs(optuna_private.study_id(study)).get(CLAIMS_ATTR)
     return dict(claims) if isinstance(claims, dict) else {}
 
 
@@ -350,7 +331,7 @@ class Worker:
         self.test = test
         self.say = say
         self.workers = workers
-        self.lock = claim_lock(study._storage, f"{study.study_name}:confirm")
+        self.lock = claim_lock(optuna_private.storage_of(study), f"{study.study_name}:confirm")
         self.data: dict[tuple[DataConfig, str], DeviceData] = {}
         self.started = time.monotonic()
         self.run_seconds: list[float] = []
@@ -616,7 +597,7 @@ def cmd_confirm(args: Any) -> int:
     fallback: list[StudyConfig] = []
 
     def config_of(t: FrozenTrial) -> StudyConfig:
-        if not fallback and not isinstance(t.user_attrs.get("config"), dict):
+        if not fallback and not isinstance(t.user_attrs.get(CONFIG_ATTR), dict):
             fallback.append(load_study(args.study, overrides))
         return trial_config(t, overrides, fallback[0] if fallback else None)
 

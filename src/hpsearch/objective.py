@@ -33,6 +33,29 @@ from hpsearch.space import (
 )
 from hpsearch.stopping import raise_if_pending
 from hpsearch.study import mask_secrets
+from hpsearch.study_state import (
+    ACTIVATIONS_ATTR,
+    BATCH_SIZE_ATTR,
+    COMMAND_ATTR,
+    CONFIG_ATTR,
+    DEVICE_ATTR,
+    EPOCH_SECONDS_ATTR,
+    EPOCHS_RUN_ATTR,
+    FAIL_REASON_ATTR,
+    LATENCY_DEVICE_ATTR,
+    LATENCY_MS_ATTR,
+    N_PARAMS_ATTR,
+    OOM_ATTR,
+    PRUNED_REASON_ATTR,
+    SEED_ATTR,
+    STOPPED_PREFIX,
+    TRAIN_IMAGES_PER_S_ATTR,
+    TRAIN_LOSS_ATTR,
+    VAL_ACCURACY_BY_EPOCH_ATTR,
+    VAL_LOSS_ATTR,
+    VERSIONS_ATTR,
+    WORKER_ATTR,
+)
 from hpsearch.train import EpochMetrics, NonFiniteLoss, fit
 
 
@@ -71,11 +94,11 @@ def predicted_oom(
     for t in trials:
         a = t.user_attrs
         if (
-            a.get("oom")
-            and a.get("device") == device
-            and n_params >= int(a.get("n_params", n_params + 1))
-            and batch_size >= int(a.get("batch_size", batch_size + 1))
-            and activations >= int(a.get("activations", 0))
+            a.get(OOM_ATTR)
+            and a.get(DEVICE_ATTR) == device
+            and n_params >= int(a.get(N_PARAMS_ATTR, n_params + 1))
+            and batch_size >= int(a.get(BATCH_SIZE_ATTR, batch_size + 1))
+            and activations >= int(a.get(ACTIVATIONS_ATTR, 0))
         ):
             return t
     return None
@@ -140,11 +163,11 @@ def make_objective(
     ``search.keep_checkpoints`` keeps its trained model as an Optuna artifact.
     """
     static_attrs: dict[str, Any] = {
-        "device": device_name(data.device),
-        "versions": versions(),
-        "config": cfg.to_dict(),
-        "command": mask_secrets(" ".join(sys.argv[1:]))[:500],
-        "worker": f"{platform.node()}:{os.getpid()}",
+        DEVICE_ATTR: device_name(data.device),
+        VERSIONS_ATTR: versions(),
+        CONFIG_ATTR: cfg.to_dict(),
+        COMMAND_ATTR: mask_secrets(" ".join(sys.argv[1:]))[:500],
+        WORKER_ATTR: f"{platform.node()}:{os.getpid()}",
     }
 
     two_objectives = len(cfg.search.objectives) > 1
@@ -153,20 +176,20 @@ def make_objective(
         try:
             return run(trial)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trial is re-run on resume
-            trial.set_user_attr("fail_reason", f"stopped by {type(e).__name__}")
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{STOPPED_PREFIX}{type(e).__name__}")
             raise
 
     def run(trial: optuna.Trial) -> float | tuple[float, float]:
         values = sample_values(cfg.search, trial_source(trial))
         # a re-run (of an interrupted trial, or a heartbeat retry) carries its original's seed
-        seed = int(trial.user_attrs.get("seed", trial_seed(cfg.search.seed, trial.number)))
+        seed = int(trial.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, trial.number)))
         spec = to_trial_spec(values, cfg, seed)
         n_params = param_count(spec.arch, len(data.classes), data.image_size)
         activations = activation_count(spec.arch, data.image_size)
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("n_params", n_params)
-        trial.set_user_attr("batch_size", spec.batch_size)
-        trial.set_user_attr("activations", activations)
+        trial.set_user_attr(SEED_ATTR, seed)
+        trial.set_user_attr(N_PARAMS_ATTR, n_params)
+        trial.set_user_attr(BATCH_SIZE_ATTR, spec.batch_size)
+        trial.set_user_attr(ACTIVATIONS_ATTR, activations)
         for k, v in static_attrs.items():
             trial.set_user_attr(k, v)
         limits = cfg.search.constraints
@@ -181,20 +204,22 @@ def make_objective(
                     f"over the deployment budget: {n_params:,} parameters > "
                     f"search.constraints.max_params {limits.max_params:,}"
                 )
-                trial.set_user_attr("pruned_reason", reason)
+                trial.set_user_attr(PRUNED_REASON_ATTR, reason)
                 raise optuna.TrialPruned(reason)
         # Samplers never learn from FAIL trials (TPE ignores them), so a trial that is at least as
         # large as one that ran out of memory here is pruned at once: PRUNED with no value ranks
         # below every other trial, which steers TPE away from that corner of the space.
         failed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        twin = predicted_oom(failed, n_params, spec.batch_size, static_attrs["device"], activations)
+        twin = predicted_oom(
+            failed, n_params, spec.batch_size, static_attrs[DEVICE_ATTR], activations
+        )
         if twin is not None:
             reason = (
                 f"predicted out of memory: trial {twin.number} ran out of memory with no more "
-                f"parameters ({twin.user_attrs['n_params']:,}), no bigger batch "
-                f"({twin.user_attrs['batch_size']}) and no more activations per image"
+                f"parameters ({twin.user_attrs[N_PARAMS_ATTR]:,}), no bigger batch "
+                f"({twin.user_attrs[BATCH_SIZE_ATTR]}) and no more activations per image"
             )
-            trial.set_user_attr("pruned_reason", reason)
+            trial.set_user_attr(PRUNED_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)
         seen = 0.0
         train_s = 0.0
@@ -208,27 +233,27 @@ def make_objective(
             epoch_s += m.epoch_seconds
             if two_objectives:
                 curve.append(m.val_accuracy)
-                trial.set_user_attr("val_accuracy_by_epoch", curve)
+                trial.set_user_attr(VAL_ACCURACY_BY_EPOCH_ATTR, curve)
             else:
                 trial.report(m.val_accuracy, m.epoch)
-            trial.set_user_attr("epochs_run", m.epoch)
-            trial.set_user_attr("train_images_per_s", round(seen / train_s, 1))
-            trial.set_user_attr("epoch_seconds", round(epoch_s / m.epoch, 3))
-            trial.set_user_attr("train_loss", m.train_loss)
-            trial.set_user_attr("val_loss", m.val_loss)
+            trial.set_user_attr(EPOCHS_RUN_ATTR, m.epoch)
+            trial.set_user_attr(TRAIN_IMAGES_PER_S_ATTR, round(seen / train_s, 1))
+            trial.set_user_attr(EPOCH_SECONDS_ATTR, round(epoch_s / m.epoch, 3))
+            trial.set_user_attr(TRAIN_LOSS_ATTR, m.train_loss)
+            trial.set_user_attr(VAL_LOSS_ATTR, m.val_loss)
             if on_epoch is not None:
                 on_epoch(trial, m)
             raise_if_pending()  # a Ctrl-C that landed in one of the writes above
             if not two_objectives and m.epoch < m.epochs and trial.should_prune():
                 reason = f"pruned by the {cfg.search.pruner.name} pruner after epoch {m.epoch}"
-                trial.set_user_attr("pruned_reason", reason)
+                trial.set_user_attr(PRUNED_REASON_ATTR, reason)
                 raise optuna.TrialPruned(reason)
 
         oom_reason = None
         try:
             result = fit(spec, data, report, cfg.train.eval_batch_size)
         except NonFiniteLoss as e:
-            trial.set_user_attr("pruned_reason", str(e))
+            trial.set_user_attr(PRUNED_REASON_ATTR, str(e))
             raise optuna.TrialPruned(str(e)) from None
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
@@ -240,16 +265,16 @@ def make_objective(
             # still holds fit()'s frames (model, optimizer state, activations), so nothing would
             # be freed (pytorch issue 18853).
             free_memory(data.device)
-            trial.set_user_attr("oom", True)
-            trial.set_user_attr("fail_reason", oom_reason)
+            trial.set_user_attr(OOM_ATTR, True)
+            trial.set_user_attr(FAIL_REASON_ATTR, oom_reason)
             raise TrialOutOfMemory(oom_reason)
         feasible = True
         ms = None
         if limits.max_latency_ms is not None or "latency_ms" in cfg.search.objectives:
             on = torch.device("cpu") if limits.latency_device == "cpu" else data.device
             ms = latency_ms(result.model, data.image_size, on)
-            trial.set_user_attr("latency_ms", round(ms, 4))
-            trial.set_user_attr("latency_device", device_name(on))
+            trial.set_user_attr(LATENCY_MS_ATTR, round(ms, 4))
+            trial.set_user_attr(LATENCY_DEVICE_ATTR, device_name(on))
         if limits.max_latency_ms is not None and ms is not None:
             trial.set_constraint("max_latency_ms", ms - limits.max_latency_ms)
             feasible = ms <= limits.max_latency_ms

@@ -14,6 +14,14 @@ from typing import TYPE_CHECKING, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.study_state import (
+    BASELINE_ATTR,
+    FAIL_REASON_ATTR,
+    LATENCY_MS_ATTR,
+    PRUNED_REASON_ATTR,
+    TARGET_ATTR,
+)
+
 if TYPE_CHECKING:  # no torch import: hpsearch status uses the estimates below
     from hpsearch.train import EpochMetrics
 
@@ -207,7 +215,7 @@ class Progress:
         trials = study.get_trials(deepcopy=False)
         finished = [x for x in trials if x.state in FINISHED]
         self.done = len(finished) - self.offset
-        goal = study.user_attrs.get("target_trials")
+        goal = study.user_attrs.get(TARGET_ATTR)
         if isinstance(goal, int) and goal - self.offset > 0:
             self.total = goal - self.offset  # another run added to the study's target
         self.seed_best(study)
@@ -224,13 +232,13 @@ class Progress:
                 what += f", {'latency' if 'latency_ms' in t.user_attrs else 'params'} "
                 what += (
                     f"{t.values[1]:.3f} ms"
-                    if "latency_ms" in t.user_attrs
+                    if LATENCY_MS_ATTR in t.user_attrs
                     else f"{t.values[1]:,.0f}"
                 )
         elif t.state == TrialState.PRUNED:
-            what = f"pruned ({t.user_attrs.get('pruned_reason', 'by the pruner')})"
+            what = f"pruned ({t.user_attrs.get(PRUNED_REASON_ATTR, 'by the pruner')})"
         else:
-            what = f"{t.state.name.lower()} ({t.user_attrs.get('fail_reason', 'see the log')})"
+            what = f"{t.state.name.lower()} ({t.user_attrs.get(FAIL_REASON_ATTR, 'see the log')})"
         self._say(f"{self._head()} trial {t.number} {what}")
         if (
             not self.warned
@@ -266,8 +274,8 @@ class Progress:
     def requeued(self, trials: list[FrozenTrial]) -> None:
         """Interrupted trials enqueued to run again (see ``workers.requeue_interrupted``)."""
         for t in trials:
-            what = " (the seed baseline)" if t.user_attrs.get("baseline") else ""
+            what = " (the seed baseline)" if t.user_attrs.get(BASELINE_ATTR) else ""
             self._say(
-                f"trial {t.number}{what} was interrupted ({t.user_attrs.get('fail_reason')}); "
+                f"trial {t.number}{what} was interrupted ({t.user_attrs.get(FAIL_REASON_ATTR)}); "
                 "it runs again with the same parameters and seed"
             )

@@ -16,6 +16,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.files import discard
 from hpsearch.results import ranked
 from hpsearch.study import objectives_of
+from hpsearch.study_state import EPOCHS_RUN_ATTR
 
 PLOTS: tuple[tuple[str, str, str], ...] = (
     ("optimization_history", "Optimization history", "validation accuracy of each trial"),
@@ -183,7 +184,7 @@ def _summary(
         for t in completed[:10]:
             secs = t.duration.total_seconds() if t.duration else float("nan")
             lines.append(
-                f"| {t.number} | {t.values[0]:.4f} | {t.user_attrs.get('epochs_run', '')} "
+                f"| {t.number} | {t.values[0]:.4f} | {t.user_attrs.get(EPOCHS_RUN_ATTR, '')} "
                 f"| {secs:.1f} |"
             )
         lines.append("")

@@ -28,6 +28,7 @@ import optuna
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
+from hpsearch import optuna_private
 from hpsearch.errors import StorageError
 
 RETRY_SECONDS = 120.0
@@ -137,12 +138,9 @@ _RETRIED = (
     "get_n_trials",
     "get_best_trial",
     "record_heartbeat",
-    # Optuna's cache layer (the storage a study really talks to) calls these private methods
-    # of the RDB storage instead of the public ones above.
-    "_set_trial_param",
-    "_get_best_trial_id",
-    "_get_trials",
-    "_get_stale_trial_ids",
+    # Optuna's cache layer (the storage a study really talks to) calls private methods of the
+    # RDB storage instead of the public ones above (named in hpsearch.optuna_private).
+    *optuna_private.RDB_PRIVATE_METHODS,
 )
 
 
@@ -157,12 +155,13 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     on_trial_created: Callable[[], None] | None = None
 
-    def _create_new_trial(
+    def create_trial_retrying(
         self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
     ) -> optuna.trial.FrozenTrial:
-        # Both ``create_new_trial`` and Optuna's cache layer create trials through this method.
+        """How this storage creates every trial: both ``create_new_trial`` and Optuna's cache
+        layer create trials through the RDB storage's private method that this replaces."""
         trial: optuna.trial.FrozenTrial = retrying(
-            lambda: super(ResilientRDBStorage, self)._create_new_trial(study_id, template_trial),
+            lambda: optuna_private.rdb_create_new_trial(self, study_id, template_trial),
             "create_new_trial",
             url=self.url,
         )
@@ -186,26 +185,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """
         if self.heartbeat_interval is None:
             return []
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy.orm import selectinload
-
-        trial_model: Any = models.TrialModel
 
         def adopt() -> list[int]:
-            # an IntegrityError (another worker, or the owner, wrote a record first) is ignored
-            with _create_scoped_session(self.scoped_session, True) as session:
-                running = (
-                    session.query(trial_model)
-                    .options(selectinload(trial_model.heartbeats))
-                    .filter(trial_model.state == optuna.trial.TrialState.RUNNING)
-                    .filter(trial_model.study_id == study_id)
-                    .all()
-                )
-                orphans = [t for t in running if not t.heartbeats]
-                for t in orphans:
-                    session.add(models.TrialHeartbeatModel(trial_id=t.trial_id))
-                return [int(t.number) for t in orphans]
+            return optuna_private.add_missing_heartbeats(self, study_id)
 
         return retrying(adopt, "checking running trials")
 
@@ -244,6 +226,15 @@ def _wrap(name: str) -> None:
     setattr(ResilientRDBStorage, name, wrapper)
 
 
+_missing = [n for n in _RETRIED if not callable(getattr(optuna.storages.RDBStorage, n, None))]
+if _missing:  # a renamed method would silently lose its retries
+    raise ImportError(
+        f"optuna.storages.RDBStorage of Optuna {optuna.__version__} has no "
+        f"{', '.join(_missing)}, which hpsearch retries; install the Optuna version "
+        "pyproject.toml allows"
+    )
 for _name in _RETRIED:
-    if hasattr(optuna.storages.RDBStorage, _name):
-        _wrap(_name)
+    _wrap(_name)
+optuna_private.override_create_new_trial(
+    ResilientRDBStorage, ResilientRDBStorage.create_trial_retrying
+)

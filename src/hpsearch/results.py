@@ -25,22 +25,19 @@ from hpsearch.existing import require_studies
 from hpsearch.files import discard
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import is_feasible, mask_url, objectives_of, open_storage
-from hpsearch.workers import TARGET_ATTR
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# What hpsearch confirm records (see hpsearch.confirm). On each confirmed trial:
-CONFIRM_RUNS = "confirm_runs"  # one entry per finished retrain: seed, val_accuracy, ...
-CONFIRM_VAL_MEAN = "confirm_val_accuracy_mean"
-CONFIRM_VAL_STD = "confirm_val_accuracy_std"  # sample standard deviation (0 for one run)
-CONFIRM_N = "confirm_n"  # runs in the mean (a diverged run is recorded but not averaged)
-CONFIRM_TEST_MEAN = "confirm_test_accuracy_mean"  # with --data: accuracy on the test directory
-CONFIRM_TEST_STD = "confirm_test_accuracy_std"
-CONFIRM_TEST_N = "confirm_test_n"  # runs in the test mean (those trained with this --data)
-CONFIRM_TEST_DATA = "confirm_test_data"  # the test directory of the test mean
-CONFIRM_CHECKPOINT = "confirm_checkpoint"  # artifact id: the model of its best confirm run
-# On the study: the confirmed winner (trial, its means, its checkpoint).
-CONFIRMED_ATTR = "confirmed"
+from hpsearch.study_state import (
+    CONFIRM_N,
+    CONFIRM_RUNS,
+    CONFIRM_TEST_DATA,
+    CONFIRM_TEST_MEAN,
+    CONFIRM_TEST_N,
+    CONFIRM_TEST_STD,
+    CONFIRM_VAL_MEAN,
+    CONFIRM_VAL_STD,
+    CONFIRMED_ATTR,
+    FINISHED,
+    TARGET_ATTR,
+)
 
 
 def study_name(study_arg: str, study_name_arg: str | None) -> str:

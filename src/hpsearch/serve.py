@@ -37,12 +37,12 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from torch import nn
 
-from hpsearch.artifacts import CHECKPOINT_ATTR
 from hpsearch.checkpoint import Checkpoint
 from hpsearch.dashboard import ALL_INTERFACES
 from hpsearch.errors import HpsearchError
 from hpsearch.serve_input import BadInput, decode_uploads, read_uploads
 from hpsearch.serve_page import PAGE
+from hpsearch.study_state import CHECKPOINT_ATTR
 from hpsearch.train import Normalizer
 
 log = logging.getLogger("hpsearch")

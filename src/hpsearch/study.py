@@ -21,11 +21,19 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from hpsearch.compat import OBJECTIVES_ATTR, check_directions, record_study_file
+from hpsearch import optuna_private
+from hpsearch.compat import check_directions, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.resilience import ResilientRDBStorage
 from hpsearch.space import baseline_params, near_baseline_params
+from hpsearch.study_state import (
+    BASELINE_ATTR,
+    METRIC_ATTR,
+    NEAR_BASELINE_ATTR,
+    OBJECTIVES_ATTR,
+    fresh_trials,
+)
 
 T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
@@ -272,18 +280,18 @@ def open_study(
     )
     if not exists:
         record_study_file(study, cfg)
-        study.set_user_attr("metric", "val_accuracy")
+        study.set_user_attr(METRIC_ATTR, "val_accuracy")
         study.set_user_attr(OBJECTIVES_ATTR, objectives)
         with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(objectives)  # the dashboard's axis titles
         if cfg.search.sampler.name != "grid":
             if cfg.search.enqueue_baseline:
-                study.enqueue_trial(baseline_params(cfg.search), user_attrs={"baseline": True})
+                study.enqueue_trial(baseline_params(cfg.search), user_attrs={BASELINE_ATTR: True})
             rng = random.Random(cfg.search.seed)
             for _ in range(cfg.search.near_baseline):
                 study.enqueue_trial(
-                    near_baseline_params(cfg.search, rng), user_attrs={"near_baseline": True}
+                    near_baseline_params(cfg.search, rng), user_attrs={NEAR_BASELINE_ATTR: True}
                 )
     return study
 
@@ -327,8 +335,6 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
     space = {n: list(cfg.search.grid[n]) for n in names}
 
     def check(study: optuna.Study) -> str:
-        from hpsearch.workers import fresh_trials
-
         done: set[tuple[Any, ...]] = set()
         running = False
         visited: set[int] = set()  # GridSampler's view: ids with a finished or running trial
@@ -338,8 +344,9 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 done.add(tuple(t.params.get(n) for n in names))
             running = running or t.state == TrialState.RUNNING
-            if "grid_id" in t.system_attrs and t.system_attrs.get("search_space") == space:
-                visited.add(t.system_attrs["grid_id"])
+            attrs = t.system_attrs
+            if optuna_private.GRID_ID in attrs and attrs.get(optuna_private.SEARCH_SPACE) == space:
+                visited.add(attrs[optuna_private.GRID_ID])
         if points <= done:
             return "exhausted"
         if len(visited) >= len(points):

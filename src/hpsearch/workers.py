@@ -29,14 +29,22 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from hpsearch import optuna_private
 from hpsearch.errors import StorageError
 from hpsearch.resilience import ResilientRDBStorage, is_disconnect, retrying
-
-TARGET_ATTR = "target_trials"
-RERUN_ATTR = "rerun_of"  # on a trial enqueued to re-run an interrupted one: that trial's number
-RUN_ATTR = "run_id"  # on a trial: the hpsearch run whose worker ran it (see hpsearch.budget)
-STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+from hpsearch.study_state import (
+    BASELINE_ATTR,
+    FAIL_REASON_ATTR,
+    NEAR_BASELINE_ATTR,
+    RERUN_ATTR,
+    RUN_ATTR,
+    SEED_ATTR,
+    STOPPED_PREFIX,
+    fresh_trials,
+    running_trials,
+    state_counts,
+    target,
+)
 
 
 class Lock(Protocol):
@@ -115,7 +123,7 @@ class _ClaimFile:
 
 def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
     """The lock that makes "count, then ask" atomic across workers of this storage."""
-    storage = getattr(storage, "_backend", storage)  # a study wraps RDBStorage in a cache layer
+    storage = optuna_private.backend(storage)  # a study wraps RDBStorage in a cache layer
     if isinstance(storage, optuna.storages.InMemoryStorage):
         return threading.Lock()  # one process
     if not isinstance(storage, optuna.storages.RDBStorage):
@@ -131,54 +139,9 @@ def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Lock:
     raise StorageError(f"{backend} storage is not supported for an exact budget; use postgresql")
 
 
-def target(study: optuna.Study) -> int | None:
-    value = study.user_attrs.get(TARGET_ATTR)
-    return int(value) if value is not None else None
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def fresh_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """All trials as the database has them now, bypassing Optuna's in-process trial cache."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    trials: list[optuna.trial.FrozenTrial] = backend.get_all_trials(study._study_id, deepcopy=False)
-    return trials
-
-
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state name (``COMPLETE``, ``FAIL``, ...), counted by the database in one query."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return counts
-
-    def count() -> list[Any]:
-        with backend.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"),
-                    {"s": study._study_id},
-                ).all()
-            )
-
-    rows = retrying(count, "counting trials")
-    return {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
-
-
-def count_states(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials, counted by the database in one query."""
-    by_state = state_counts(study)
-    return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
-
-
 def was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
     """A FAIL trial that Ctrl-C or SIGTERM stopped (not one that crashed or ran out of memory)."""
-    reason = t.user_attrs.get("fail_reason")
+    reason = t.user_attrs.get(FAIL_REASON_ATTR)
     return (
         t.state == TrialState.FAIL and isinstance(reason, str) and reason.startswith(STOPPED_PREFIX)
     )
@@ -198,9 +161,9 @@ def requeue_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     for t in todo:
         # an enqueued trial (the baseline) stopped before it asked for every parameter still
         # has them all in its fixed parameters
-        params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        params = {**t.system_attrs.get(optuna_private.FIXED_PARAMS, {}), **t.params}
         attrs: dict[str, Any] = {RERUN_ATTR: t.number}
-        for key in ("baseline", "near_baseline", "seed"):
+        for key in (BASELINE_ATTR, NEAR_BASELINE_ATTR, SEED_ATTR):
             if key in t.user_attrs:
                 attrs[key] = t.user_attrs[key]
         study.enqueue_trial(params, user_attrs=attrs)
@@ -211,30 +174,31 @@ def reruns_first(study: optuna.Study) -> None:
     """Make ``study`` run re-runs (of interrupted trials, and heartbeat retries) before the other
     waiting trials, so that a re-enqueued seed baseline is not queued behind the start-up trials
     a new study enqueues after it. Optuna pops waiting trials in trial-number order; this
-    replaces that choice on this study object (Optuna's ``_pop_waiting_trial_id``, same logic,
-    another order)."""
+    replaces that choice on this study object (Optuna's own, same logic, another order)."""
 
     def pop() -> int | None:
-        storage = study._storage
+        storage = optuna_private.storage_of(study)
         waiting = storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+            optuna_private.study_id(study), deepcopy=False, states=(TrialState.WAITING,)
         )
         first = sorted(
             waiting,
             key=lambda t: (
-                RERUN_ATTR not in t.user_attrs and "failed_trial" not in t.system_attrs,
+                RERUN_ATTR not in t.user_attrs
+                and optuna_private.FAILED_TRIAL not in t.system_attrs,
                 t.number,
             ),
         )
         for t in first:
             try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    return t._trial_id
+                trial_id = optuna_private.trial_id(t)
+                if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    return trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker took and finished it
         return None
 
-    setattr(study, "_pop_waiting_trial_id", pop)  # noqa: B010 - an instance override
+    optuna_private.set_pop_waiting(study, pop)
 
 
 GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
@@ -244,18 +208,14 @@ def fail_stale(study: optuna.Study) -> list[int]:
     """Fail (and retry) the running trials whose heartbeat went stale, after giving each running
     trial without a heartbeat record one (see ``ResilientRDBStorage.adopt_orphans``); returns
     the numbers of the trials adopted now."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    adopted = backend.adopt_orphans(study._study_id) if hasattr(backend, "adopt_orphans") else []
+    backend = optuna_private.study_backend(study)
+    adopted = (
+        backend.adopt_orphans(optuna_private.study_id(study))
+        if isinstance(backend, ResilientRDBStorage)
+        else []
+    )
     optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
     return list(adopted)
-
-
-def running_trials(study: optuna.Study) -> list[FrozenTrial]:
-    backend = getattr(study._storage, "_backend", study._storage)
-    trials: list[FrozenTrial] = backend.get_all_trials(
-        study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
-    )
-    return trials
 
 
 class Waiting(Protocol):
@@ -329,7 +289,7 @@ def run_until_budget(
                 # Release as soon as the new trial is committed, before its parameters are
                 # sampled (a WAITING trial Optuna pops instead is released in ``claimed``).
                 # Not with a grid: the grid check must see the running trials' points.
-                backend = getattr(study._storage, "_backend", study._storage)
+                backend = optuna_private.study_backend(study)
                 hooked = backend if isinstance(backend, ResilientRDBStorage) else None
                 if grid_check is not None:
                     hooked = None

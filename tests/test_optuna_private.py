@@ -1,0 +1,130 @@
+"""Optuna's private parts are used in one module, hpsearch.optuna_private, and every one of them
+exists in the installed Optuna (that module checks them when imported, and fails naming what is
+missing)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from hpsearch import optuna_private, resilience
+from hpsearch.study import open_storage
+from hpsearch.study_state import state_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "hpsearch"
+
+# Optuna's private names as hpsearch used them before they moved into hpsearch.optuna_private:
+# private modules and attributes, the private RDBStorage and Study methods, Optuna's own
+# system attributes, and SQL on Optuna's tables.
+PRIVATE = [
+    re.compile(p)
+    for p in (
+        r"\boptuna(\.[A-Za-z0-9_]+)*\._(?!_)",
+        r"\._(storage|study_id|trial_id|backend)\b",
+        r"[\"']_backend[\"']",
+        r"\b_CachedStorage\b",
+        r"\b_create_scoped_session\b",
+        r"\b_create_new_trial\b",
+        r"\b_set_trial_param\b",
+        r"\b_get_best_trial_id\b",
+        r"\b_get_trials\b",
+        r"\b_get_stale_trial_ids\b",
+        r"\b_pop_waiting_trial_id\b",
+        r"[\"'](fixed_params|failed_trial|grid_id)[\"']",
+        r"[\"']trial_user_attributes[\"']",
+        r"\bFROM\s+trials\b",
+        r"\bsa\.table\(",
+    )
+]
+
+
+def test_every_private_name_it_uses_exists_in_the_installed_optuna() -> None:
+    assert optuna_private.missing() == []
+
+
+def test_a_missing_private_name_fails_the_import_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(RDBStorage, "_get_trials")
+    assert optuna_private.missing() == ["optuna.storages._rdb.storage.RDBStorage._get_trials"]
+    with pytest.raises(ImportError, match=rf"Optuna {re.escape(optuna.__version__)} .*_get_trials"):
+        optuna_private._check()
+
+
+def test_no_other_module_uses_a_private_name() -> None:
+    found = [
+        f"{p.name}:{n}: {line.strip()}"
+        for p in sorted(SRC.glob("*.py"))
+        if p.name != "optuna_private.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if any(r.search(line) for r in PRIVATE)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_finds_what_it_looks_for() -> None:
+    text = (SRC / "optuna_private.py").read_text()
+    for r in PRIVATE:
+        if r.pattern not in (r"\bsa\.table\(", r"\bFROM\s+trials\b", r"[\"']_backend[\"']"):
+            assert r.search(text), r.pattern
+
+
+def test_optuna_is_capped_below_its_next_major_version() -> None:
+    assert re.search(r'"optuna>=\d+,<6"', (ROOT / "pyproject.toml").read_text())
+
+
+def test_optunas_own_system_attributes_are_the_ones_named() -> None:
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.enqueue_trial({"x": 1.0})
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.system_attrs[optuna_private.FIXED_PARAMS] == {"x": 1.0}
+
+    grid = {"x": [1.0, 2.0]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid))
+    study.optimize(lambda t: t.suggest_float("x", 0, 3), n_trials=1)
+    attrs = study.trials[0].system_attrs
+    assert optuna_private.GRID_ID in attrs and attrs[optuna_private.SEARCH_SPACE] == grid
+
+    study = optuna.create_study()
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    retry_stale(study, study.trials[0])
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.system_attrs[optuna_private.FAILED_TRIAL] == failed.number
+
+
+def test_the_rdb_parts_work_on_a_real_database(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'p.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    assert optuna_private.storage_of(study) is not None
+    backend = optuna_private.study_backend(study)
+    assert isinstance(backend, resilience.ResilientRDBStorage)
+    done = study.ask()
+    study.tell(done, 0.5)
+    study.ask()
+    assert state_counts(study) == {"COMPLETE": 1, "RUNNING": 1}
+    (first, _) = study.get_trials()
+    tid = optuna_private.trial_id(first)
+    optuna_private.write_trial_user_attrs(backend.engine, tid, {"a": 1, "b": [2]})
+    optuna_private.write_trial_user_attrs(backend.engine, tid, {"a": 3})
+    assert optuna_private.read_trial_user_attrs(backend.engine, tid, ["a", "b", "c"]) == {
+        "a": 3,
+        "b": [2],
+    }
+
+
+def test_resilience_overrides_and_retries_the_private_methods() -> None:
+    cls = resilience.ResilientRDBStorage
+    assert cls.__dict__["_create_new_trial"] is cls.__dict__["create_trial_retrying"]
+    for name in optuna_private.RDB_PRIVATE_METHODS:
+        assert name in resilience._RETRIED and name in cls.__dict__, name
