@@ -4,10 +4,10 @@ configuration on average rather than the luckiest single run.
 Each (trial, run) job trains the trial's parameters for its full epochs with a seed derived from
 the trial's own seed and the run index (reproducible, never the trial's own). A finished run is
 recorded at once in the trial's user attributes (``confirm_runs``, the means and spreads: see
-``results.CONFIRM_*``), so an interrupted confirm resumes where it stopped and ``best``, the
+``study_state.CONFIRM_*``), so an interrupted confirm resumes where it stopped and ``best``, the
 dashboard and ``trials --csv`` show the results. Optuna does not let its API change a finished
-trial, so these attributes are written to Optuna's ``trial_user_attributes`` table directly
-(under the claim lock, one transaction per run). Each trial keeps the model of its best run in
+trial, so these attributes are written to Optuna's table of trial user attributes directly
+(by ``optuna_private``, under the claim lock, one transaction per run). Each trial keeps the model of its best run in
 the artifact store (``confirm_checkpoint``); the study's ``confirmed`` attribute names the winner
 (the highest mean) and its checkpoint.
 
