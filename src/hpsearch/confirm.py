@@ -7,9 +7,9 @@ recorded at once in the trial's user attributes (``confirm_runs``, the means and
 ``study_state.CONFIRM_*``), so an interrupted confirm resumes where it stopped and ``best``, the
 dashboard and ``trials --csv`` show the results. Optuna does not let its API change a finished
 trial, so these attributes are written to Optuna's table of trial user attributes directly
-(by ``optuna_private``, under the claim lock, one transaction per run). Each trial keeps the model of its best run in
-the artifact store (``confirm_checkpoint``); the study's ``confirmed`` attribute names the winner
-(the highest mean) and its checkpoint.
+(by ``optuna_private``, under the claim lock, one transaction per run). Each trial keeps the
+model of its best run in the artifact store (``confirm_checkpoint``); the study's ``confirmed``
+attribute names the winner (the highest mean) and its checkpoint.
 
 Several workers (``--workers``, ``--gpus``) take jobs one at a time: a job is claimed in the
 study's ``confirm_claims`` attribute under the claim lock, and released when its run is recorded

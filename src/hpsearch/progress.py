@@ -229,7 +229,7 @@ class Progress:
         if t.state == TrialState.COMPLETE and t.values:
             what = f"finished: val_acc {t.values[0]:.4f}"
             if len(t.values) > 1:  # the second objective
-                what += f", {'latency' if 'latency_ms' in t.user_attrs else 'params'} "
+                what += f", {'latency' if LATENCY_MS_ATTR in t.user_attrs else 'params'} "
                 what += (
                     f"{t.values[1]:.3f} ms"
                     if LATENCY_MS_ATTR in t.user_attrs

@@ -42,14 +42,20 @@ from hpsearch.dashboard import ALL_INTERFACES
 from hpsearch.errors import HpsearchError
 from hpsearch.serve_input import BadInput, decode_uploads, read_uploads
 from hpsearch.serve_page import PAGE
-from hpsearch.study_state import CHECKPOINT_ATTR
+from hpsearch.study_state import (
+    CHECKPOINT_ATTR,
+    CONFIRM_VAL_MEAN,
+    CONFIRM_VAL_STD,
+    DEVICE_ATTR,
+    LATENCY_DEVICE_ATTR,
+    LATENCY_MS_ATTR,
+    SEED_ATTR,
+    VERSIONS_ATTR,
+    WORKER_ATTR,
+)
 from hpsearch.train import Normalizer
 
 log = logging.getLogger("hpsearch")
-
-# trial user attributes written by ``hpsearch confirm`` (re-training the trial with other seeds)
-CONFIRM_MEAN = "confirm_val_accuracy_mean"
-CONFIRM_STD = "confirm_val_accuracy_std"
 
 
 @dataclass(frozen=True)
@@ -189,13 +195,23 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
             "trial_finished": trial.datetime_complete.isoformat(timespec="seconds")
             if trial.datetime_complete
             else None,
-            **{k: attrs[k] for k in ("seed", "device", "versions", "worker") if k in attrs},
+            **{
+                k: attrs[k]
+                for k in (SEED_ATTR, DEVICE_ATTR, VERSIONS_ATTR, WORKER_ATTR)
+                if k in attrs
+            },
         },
     }
-    if CONFIRM_MEAN in attrs and CONFIRM_STD in attrs:
-        info["confirmed_val_accuracy"] = {"mean": attrs[CONFIRM_MEAN], "std": attrs[CONFIRM_STD]}
-    if "latency_ms" in attrs:  # measured after training (a deployment budget or an objective)
-        info["latency_ms"] = {"value": attrs["latency_ms"], "device": attrs.get("latency_device")}
+    if CONFIRM_VAL_MEAN in attrs and CONFIRM_VAL_STD in attrs:
+        info["confirmed_val_accuracy"] = {
+            "mean": attrs[CONFIRM_VAL_MEAN],
+            "std": attrs[CONFIRM_VAL_STD],
+        }
+    if LATENCY_MS_ATTR in attrs:  # measured after training (a deployment budget or an objective)
+        info["latency_ms"] = {
+            "value": attrs[LATENCY_MS_ATTR],
+            "device": attrs.get(LATENCY_DEVICE_ATTR),
+        }
     if trial.constraints:  # the study's deployment budget: over it when any value is > 0
         info["constraints"] = {
             "values": trial.constraints,
