@@ -25,7 +25,7 @@ from PIL import Image
 
 from hpsearch.config import DataConfig
 from hpsearch.errors import DataError
-from hpsearch.files import discard, what_is
+from hpsearch.files import atomic_write, what_is
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +217,15 @@ def _build(
         "classes": list(classes),
         "files": [rel for rel, _ in files],
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # readers never see a half-written cache
+        with atomic_write(path) as tmp:  # readers never see a half-written cache
+            torch.save(blob, tmp)
     except RuntimeError as e:  # torch's zip writer reports a full disk this way, not as OSError
         free = shutil.disk_usage(path.parent).free
         raise OSError(
-            f"writing {tmp.name} failed with {free / 2**20:.1f} MiB free on that disk "
+            f"writing {path.name} failed with {free / 2**20:.1f} MiB free on that disk "
             f"(is it full?): {(str(e).splitlines() or [''])[0][:120]}"
         ) from None
-    finally:
-        discard(tmp)
     for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size
         if old != path:
             old.unlink(missing_ok=True)
