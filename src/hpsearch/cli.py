@@ -18,7 +18,7 @@ from hpsearch import stopping
 from hpsearch.cli_results import add_results_commands, artifacts_arg, storage_args
 from hpsearch.cli_serve import add_serve_command
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.errors import ConfigError, HpsearchError, StorageError
+from hpsearch.errors import ConfigError, HpsearchError, StorageError, first_line
 from hpsearch.stopping import Terminated
 
 if TYPE_CHECKING:
@@ -602,8 +602,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise HpsearchError(f"trial {label} ran out of memory: {first}") from None
+        raise HpsearchError(f"trial {label} ran out of memory: {first_line(e)}") from None
     print(
         json.dumps(
             {

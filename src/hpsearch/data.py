@@ -24,7 +24,7 @@ from filelock import FileLock
 from PIL import Image
 
 from hpsearch.config import DataConfig
-from hpsearch.errors import DataError
+from hpsearch.errors import DataError, first_line
 from hpsearch.files import atomic_write, what_is
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def _build(
         free = shutil.disk_usage(path.parent).free
         raise OSError(
             f"writing {path.name} failed with {free / 2**20:.1f} MiB free on that disk "
-            f"(is it full?): {(str(e).splitlines() or [''])[0][:120]}"
+            f"(is it full?): {first_line(e)}"
         ) from None
     for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size
         if old != path:

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, first_line
 from hpsearch.files import atomic_write
 from hpsearch.results import ranked
 from hpsearch.study import objectives_of
@@ -92,7 +92,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
             _save(fig, path)
             plt.close(fig)
         except (ValueError, RuntimeError) as e:  # e.g. importances when no parameter varies
-            notes.append(f"{title}: skipped ({' '.join(str(e).split())[:200]})")
+            notes.append(f"{title}: skipped ({first_line(e)})")
             plt.close("all")
             continue
         written.append(path)

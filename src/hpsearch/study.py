@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.compat import OBJECTIVES_ATTR, check_directions, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
-from hpsearch.errors import ConfigError, StorageError
+from hpsearch.errors import ConfigError, StorageError, first_line
 from hpsearch.resilience import ResilientRDBStorage
 from hpsearch.space import baseline_params, near_baseline_params
 
@@ -130,11 +130,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             }
         return _create_storage(url, engine_kwargs, beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        reason = (
-            str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            if str(e).strip()
-            else type(e).__name__
-        )
+        reason = first_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
 
 
