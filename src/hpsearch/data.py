@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cache layout changes
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Everything else receives an ``optuna.Study``, never a URL string.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import random
 import re
@@ -196,10 +195,6 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
 
 def grid_space(cfg: StudyConfig) -> dict[str, list[Any]]:
     return {name: list(values) for name, values in cfg.search.grid.items()}
-
-
-def grid_size(cfg: StudyConfig) -> int:
-    return math.prod(len(v) for v in cfg.search.grid.values())
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
