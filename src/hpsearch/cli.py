@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -668,6 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         import optuna
+        # Optuna calls features hpsearch builds on experimental (heartbeats, artifacts, metric
+        # names, sampler options) and warns on each use; not news for this program's user. Set
+        # here, by the program, not at import by a module that a library user may import.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # on the logger that writes them, so no handler (Optuna's or the root's) sees them

@@ -31,8 +31,6 @@ DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_NAME = 512  # Optuna's studies.study_name column is VARCHAR(512)
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 def accuracy(t: optuna.trial.FrozenTrial) -> float | None:
     """A trial's validation accuracy: its value, or its first value in a study with two
