@@ -101,7 +101,7 @@ def trial_source(trial: optuna.Trial) -> Source:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "hpsearch": __version__}
-    for pkg in ("torch", "torchvision", "optuna"):
+    for pkg in ("torch", "optuna"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:  # pragma: no cover - declared dependencies
