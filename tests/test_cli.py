@@ -219,6 +219,7 @@ def test_study_name_and_storage_flags(
         workdir,
     )
     assert r.returncode == 0, r.stderr
+    assert "ExperimentalWarning" not in r.stderr  # heartbeats, artifacts: cli.main's filter
     names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")]
     assert names == ["mine"]
 

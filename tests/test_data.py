@@ -136,3 +136,34 @@ def test_odd_but_readable_images_are_converted_and_the_rest_skipped(
     assert "cat/empty.jpg" in warnings[0] and "cat/truncated.jpg" in warnings[0]
     gray = s.images[list(s.files).index("cat/gray.jpg")].float()
     assert torch.equal(gray[..., 0], gray[..., 1])  # grey stays grey after conversion
+
+
+def test_non_image_files_are_left_out_unopened(
+    folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpsearch.data
+
+    cats = folder / "train" / "cat"
+    (cats / "notes.txt").write_text("hello")
+    (cats / "Thumbs.db").write_bytes(b"\0" * 64)
+    (cats / "UPPER.JPG").write_bytes(next(cats.glob("*.jpg")).read_bytes())  # any case
+    opened: list[str] = []
+    decode = hpsearch.data.decode_image
+    monkeypatch.setattr(
+        hpsearch.data, "decode_image", lambda p, s: opened.append(Path(p).name) or decode(p, s)
+    )
+    with caplog.at_level(logging.WARNING):
+        s = load_split(cfg(folder), "train")
+    assert len(s) == 25 and "cat/UPPER.JPG" in s.files
+    assert "notes.txt" not in opened and "Thumbs.db" not in opened  # never decoded
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped 2 unreadable file(s)" in warning
+    assert "cat/notes.txt (not an image file)" in warning and "cat/Thumbs.db" in warning
+
+
+def test_a_class_folder_of_non_images_says_what_it_holds(folder: Path) -> None:
+    dogs = folder / "train" / "dog"
+    for p in dogs.iterdir():
+        p.rename(p.with_suffix(".txt"))
+    with pytest.raises(DataError, match=r"train/dog has no image file, only 12 other file\(s\)"):
+        load_split(cfg(folder), "train")

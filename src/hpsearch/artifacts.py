@@ -14,7 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
-from hpsearch.files import discard
+from hpsearch.files import atomic_write
 from hpsearch.study_state import CHECKPOINT_ATTR, CHECKPOINT_ERROR_ATTR
 
 _SAFE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]*$")
@@ -49,15 +49,10 @@ class AtomicArtifactStore(FileSystemArtifactStore):
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         path = self.path_of(artifact_id)
         self.base_path.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{artifact_id}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(content_body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            discard(tmp)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            shutil.copyfileobj(content_body, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") -> Path:

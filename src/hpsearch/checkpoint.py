@@ -37,6 +37,7 @@ from hpsearch.artifacts import (
     has_our_checkpoint,
 )
 from hpsearch.config import StudyConfig, config_from_dict
+from hpsearch.errors import first_line
 from hpsearch.model import build_model
 from hpsearch.space import params_source, sample_values, to_trial_spec
 from hpsearch.spec import ArchSpec
@@ -191,8 +192,8 @@ class CheckpointKeeper:
                     mimetype="application/octet-stream",
                 )
         except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
-            reason = f"checkpoint not saved in {self.store.base_path}: {detail[:300]}"
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+            reason = f"checkpoint not saved in {self.store.base_path}: {detail}"
             log.warning("trial %d: %s", trial.number, reason)
             trial.set_user_attr(CHECKPOINT_ERROR_ATTR, reason)
             return False
@@ -229,7 +230,7 @@ class Checkpoint:
         try:
             net.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
-            detail = " ".join(str(e).split())[:300]
+            detail = first_line(" ".join(str(e).split()))  # the keys are on later lines
             raise CheckpointError(
                 f"checkpoint {self.path} does not fit the network of trial {self.trial}: {detail}"
             ) from None
@@ -246,8 +247,7 @@ def load_checkpoint(
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not a checkpoint"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an hpsearch checkpoint ({FORMAT})")
     if blob["trial"] != trial.number or blob["params"] != trial.params:
@@ -298,8 +298,8 @@ def save_blob(store_dir: Path, blob: Mapping[str, Any], name: str) -> str:
             with open(path, "rb") as f:
                 store.write(artifact_id, f)
     except (OSError, RuntimeError) as e:
-        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip()
-        raise CheckpointError(f"checkpoint not saved in {store_dir}: {detail[:300]}") from None
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise CheckpointError(f"checkpoint not saved in {store_dir}: {detail}") from None
     return artifact_id
 
 

@@ -10,15 +10,23 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from hpsearch import stopping
-from hpsearch.cli_results import add_results_commands, artifacts_arg, storage_args
+from hpsearch.cli_results import (
+    HelpFormatter,
+    add_results_commands,
+    artifacts_arg,
+    non_negative_int,
+    positive_int,
+    storage_args,
+)
 from hpsearch.cli_serve import add_serve_command
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.errors import ConfigError, HpsearchError, StorageError
+from hpsearch.errors import ConfigError, HpsearchError, StorageError, first_line
 from hpsearch.stopping import Terminated
 
 if TYPE_CHECKING:
@@ -56,17 +64,6 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (a bad one is a one-line usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-other-study-file",
@@ -76,7 +73,7 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--heartbeat",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         metavar="SECONDS",
         help="trial heartbeat interval; a trial silent for 3 intervals is failed and retried",
@@ -87,17 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hpsearch",
         description="Hyperparameter search for PyTorch CNNs on Optuna.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
         "run",
         help="run (or resume) a search: N more trials",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _study_args(run)
-    run.add_argument("--trials", type=int, required=True, metavar="N", help="trials to add")
+    run.add_argument(
+        "--trials", type=positive_int, required=True, metavar="N", help="trials to add"
+    )
     run.add_argument(
         "--sampler",
         default=None,
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     artifacts_arg(run)
     run.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="worker processes on this machine (default: --trials-per-gpu per GPU, or 1 on a "
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--trials-per-gpu",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="concurrent trials (worker processes) per GPU (default: 1)",
@@ -138,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker",
         help="join an existing study (e.g. from another host) until its budget is spent",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _study_args(worker)
     _worker_args(worker)
     artifacts_arg(worker)
     worker.add_argument(
         "--wait",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="SECONDS",
         help="wait this long for the study and its budget to appear (for containers started "
@@ -156,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train one configuration without a search",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _study_args(train)
     train.add_argument(
@@ -180,7 +179,7 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "and its full epochs, record mean and std of validation (and --data test) accuracy "
         "in the study, and keep the winner's checkpoint (use it with --confirmed). Running "
         "it again resumes: recorded runs are not repeated.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     confirm.add_argument(
         "--study",
@@ -201,10 +200,10 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "train.device=cuda or --set data.root=DIR (repeatable)",
     )
     confirm.add_argument(
-        "--top", type=_positive_int, default=3, metavar="K", help="how many best trials"
+        "--top", type=positive_int, default=3, metavar="K", help="how many best trials"
     )
     confirm.add_argument(
-        "--seeds", type=_positive_int, default=3, metavar="N", help="new seeds per trial"
+        "--seeds", type=positive_int, default=3, metavar="N", help="new seeds per trial"
     )
     confirm.add_argument(
         "--data",
@@ -215,7 +214,7 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     confirm.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="worker processes taking (trial, seed) runs (default: one per GPU, or 1 in this "
@@ -226,7 +225,7 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     confirm.add_argument(
         "--trials-per-gpu",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="worker processes per GPU (default: 1)",
@@ -604,8 +603,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise HpsearchError(f"trial {label} ran out of memory: {first}") from None
+        raise HpsearchError(f"trial {label} ran out of memory: {first_line(e)}") from None
     print(
         json.dumps(
             {
@@ -675,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hpsearch.optuna_private import OPTIMIZE_LOGGER
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna calls features hpsearch builds on experimental (heartbeats, artifacts, metric
+        # names, sampler options) and warns on each use; not news for this program's user. Set
+        # here, by the program, not at import by a module that a library user may import.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # on the logger that writes them, so no handler (Optuna's or the root's) sees them
         logging.getLogger(OPTIMIZE_LOGGER).addFilter(_quiet_interrupt)
         code: int = args.func(args)

@@ -55,6 +55,39 @@ def _results_args(p: argparse.ArgumentParser, study_required: bool = True) -> No
     artifacts_arg(p)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default where that says something: not after a help text
+    that names its default already, and not for a default of None, False or [] (an option
+    left unset, a switch, a repeatable option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if "default" in (action.help or "") or default is None or default is False or default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of every count flag (--trials, --workers, --top, ...): a whole number of at
+    least 1; anything else is a one-line usage error."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a count where 0 means none (--wait): a whole number of at least 0."""
+    return _whole_number(text, 0)
+
+
+def _whole_number(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+    return value
+
+
 def _trial_number(text: str) -> int:
     """argparse type: a trial number (0 or more)."""
     if not text.isdigit():
@@ -79,7 +112,7 @@ def any_port(text: str) -> int:
 def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """The commands that read a study: dashboard, status, best, trials, export, predict,
     evaluate, report."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     dash = sub.add_parser(
         "dashboard", help="optuna-dashboard on the study's storage", formatter_class=fmt

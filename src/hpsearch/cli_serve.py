@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from hpsearch.cli_results import (
+    HelpFormatter,
     _chosen,
     _confirmed_arg,
     _device,
@@ -13,6 +14,7 @@ from hpsearch.cli_results import (
     _results_args,
     _trial_number,
     any_port,
+    positive_int,
 )
 
 
@@ -21,17 +23,14 @@ def _best_or_number(text: str) -> int | None:
     return None if text == "best" else _trial_number(text)
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-        return value
-
-    return parse
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def _not_negative(text: str) -> float:
@@ -48,7 +47,7 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a trial's model over HTTP: POST /predict, GET /model, GET /health, a page at /",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _results_args(p)
     p.add_argument(
@@ -68,14 +67,14 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--max-upload-mb",
-        type=_positive(float),
+        type=_positive_float,
         default=10.0,
         metavar="N",
         help="largest request body accepted, in MiB (larger: 413)",
     )
     p.add_argument(
         "--max-batch",
-        type=_positive(int),
+        type=positive_int,
         default=32,
         metavar="N",
         help="most images per forward pass; concurrent requests are batched up to it (1: off)",

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from hpsearch.errors import ConfigError
+from hpsearch.errors import ConfigError, first_line
 from hpsearch.files import what_is
 from hpsearch.space import (
     BASELINE,
@@ -223,7 +223,7 @@ def load_study(study: str, overrides: Sequence[Override] = ()) -> StudyConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
     if doc is None:
         doc = {}

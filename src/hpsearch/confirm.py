@@ -39,7 +39,7 @@ from hpsearch import optuna_private
 from hpsearch.checkpoint import checkpoint_blob, checkpoint_from_blob, remove_artifact, save_blob
 from hpsearch.config import DataConfig, Override, StudyConfig, config_from_dict
 from hpsearch.data import DeviceData, list_split, load_data
-from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError
+from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError, first_line
 from hpsearch.files import what_is
 from hpsearch.progress import duration
 from hpsearch.resilience import retrying
@@ -394,8 +394,7 @@ class Worker:
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
-            first = (str(e).splitlines() or [""])[0][:200]
-            raise HpsearchError(f"{what} ran out of memory: {first}") from None
+            raise HpsearchError(f"{what} ran out of memory: {first_line(e)}") from None
         artifact = None
         if result is not None:
             entry["val_accuracy"] = result.val_accuracy

@@ -24,14 +24,17 @@ from filelock import FileLock
 from PIL import Image
 
 from hpsearch.config import DataConfig
-from hpsearch.errors import DataError
-from hpsearch.files import discard, what_is
+from hpsearch.errors import DataError, first_line
+from hpsearch.files import atomic_write, what_is
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cache layout changes
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "val")
+# The files a class folder's listing takes (any case): torchvision ImageFolder's IMG_EXTENSIONS
+# plus .gif, all of which Pillow decodes. Anything else (notes.txt, Thumbs.db) is skipped unread.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,17 @@ def list_split(
 ) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     """Class names and ``(relative path, label)`` for an ImageFolder split, sorted by name.
 
-    With ``max_per_class`` only the first N files of each class (by name) are taken.
+    Only image files are taken (``IMAGE_EXTENSIONS``); with ``max_per_class`` only the first N
+    of each class (by name).
     """
+    classes, files, _ = _listing(split_dir, max_per_class)
+    return classes, files
+
+
+def _listing(
+    split_dir: Path, max_per_class: int | None
+) -> tuple[tuple[str, ...], list[tuple[str, int]], list[str]]:
+    """``list_split`` and the files it left out for not being images (relative paths)."""
     if not split_dir.is_dir():
         raise DataError(
             f"data directory {split_dir} {what_is(split_dir, 'a directory')} (expected "
@@ -79,14 +91,23 @@ def list_split(
         )
     files: list[tuple[str, int]] = []
     broken: list[str] = []
+    others: list[str] = []
     for label, cls in enumerate(classes):
-        names = sorted(
+        found = [
             e.name
             for e in os.scandir(split_dir / cls)
             if not e.name.startswith(".") and _is_file(e, broken)
-        )
+        ]
+        names = sorted(n for n in found if n.lower().endswith(IMAGE_EXTENSIONS))
+        skipped = sorted(set(found) - set(names))
+        others.extend(f"{cls}/{n}" for n in skipped)
         if max_per_class is not None:
             names = names[:max_per_class]
+        if not names and skipped:
+            raise DataError(
+                f"class folder {split_dir / cls} has no image file, only {len(skipped)} other "
+                f"file(s) such as {skipped[0]} (images end in {', '.join(IMAGE_EXTENSIONS)})"
+            )
         if not names:
             raise DataError(f"class folder {split_dir / cls} is empty")
         files.extend((f"{cls}/{n}", label) for n in names)
@@ -100,7 +121,7 @@ def list_split(
             split_dir,
             shown,
         )
-    return classes, files
+    return classes, files, others
 
 
 _warned: set[str] = set()
@@ -161,7 +182,7 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     """The decoded split from the cache, building the cache first if it is missing or stale."""
     split_dir = cfg.root / split
     limit = cfg.max_per_class if split == "train" else cfg.val_max_per_class
-    classes, files = list_split(split_dir, limit)
+    classes, files, others = _listing(split_dir, limit)
     key = _fingerprint(split_dir, files, cfg.image_size)
     root_id = hashlib.sha256(str(split_dir).encode()).hexdigest()[:12]
     stem = f"{split}-{cfg.image_size}px-n{len(files)}"
@@ -171,7 +192,7 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # one process decodes; the others wait and reuse
             if not path.exists():
-                _build(split_dir, classes, files, cfg.image_size, path, stem)
+                _build(split_dir, classes, files, others, cfg.image_size, path, stem)
     except OSError as e:
         raise DataError(f"cannot write the image cache in {cache_dir}: {e.strerror or e}") from None
     blob = torch.load(path, mmap=True, weights_only=True)
@@ -182,10 +203,13 @@ def _build(
     split_dir: Path,
     classes: tuple[str, ...],
     files: list[tuple[str, int]],
+    others: list[str],
     size: int,
     path: Path,
     stem: str,
 ) -> None:
+    """Decode ``files`` into the cache file ``path``; one warning names the files left out (those
+    that did not decode, and ``others``: the listing's non-image files, never opened)."""
     need = len(files) * size * size * 3  # bytes of the (N, S, S, 3) uint8 array
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > ram:
@@ -201,10 +225,11 @@ def _build(
             f"out of memory decoding {len(files)} images of {split_dir} at {size}x{size} "
             f"({need / 2**30:.1f} GiB; lower data.image_size or data.max_per_class)"
         ) from None
-    if bad:
-        names = [files[i][0] for i in bad]
+    if bad or others:
+        names = [files[i][0] for i in bad] + [f"{rel} (not an image file)" for rel in others]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        log.warning("skipped %d unreadable file(s) in %s: %s", len(bad), split_dir, shown)
+        log.warning("skipped %d unreadable file(s) in %s: %s", len(names), split_dir, shown)
+    if bad:
         keep = np.setdiff1d(np.arange(len(files)), np.asarray(bad, dtype=np.int64))
         images = images[keep]
         files = [files[i] for i in keep]
@@ -217,18 +242,15 @@ def _build(
         "classes": list(classes),
         "files": [rel for rel, _ in files],
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # readers never see a half-written cache
+        with atomic_write(path) as tmp:  # readers never see a half-written cache
+            torch.save(blob, tmp)
     except RuntimeError as e:  # torch's zip writer reports a full disk this way, not as OSError
         free = shutil.disk_usage(path.parent).free
         raise OSError(
-            f"writing {tmp.name} failed with {free / 2**20:.1f} MiB free on that disk "
-            f"(is it full?): {(str(e).splitlines() or [''])[0][:120]}"
+            f"writing {path.name} failed with {free / 2**20:.1f} MiB free on that disk "
+            f"(is it full?): {first_line(e)}"
         ) from None
-    finally:
-        discard(tmp)
     for old in path.parent.glob(f"{stem}-*.pt"):  # stale versions of the same split and size
         if old != path:
             old.unlink(missing_ok=True)

@@ -25,3 +25,17 @@ class DataError(HpsearchError):
 
 class StorageError(HpsearchError):
     """A storage URL that cannot be used, or a study that is not in it."""
+
+
+MESSAGE_LIMIT = 200  # characters of another library's error message quoted in one of ours
+
+
+def first_line(error: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:
+    """The first non-blank line of ``error``'s message, at most ``limit`` characters (a cut one
+    ends in "..."), to quote a library's error inside a one-line message; an exception with an
+    empty message gives its type name."""
+    text = error if isinstance(error, str) else str(error)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line and not isinstance(error, str):
+        line = type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -11,7 +11,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from hpsearch.errors import StorageError
+from hpsearch.errors import StorageError, first_line
 from hpsearch.study import in_memory_message, is_in_memory_sqlite, mask_url
 
 
@@ -55,8 +55,7 @@ def require_studies(url: str) -> None:
         finally:
             engine.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
-        text = str(getattr(e, "orig", None) or e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
+        reason = first_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
     if not tables:
         raise StorageError(

@@ -10,7 +10,6 @@ the model's metadata (key ``hpsearch``).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from torch import nn
 
 from hpsearch.checkpoint import Checkpoint
 from hpsearch.errors import HpsearchError
-from hpsearch.files import discard
+from hpsearch.files import atomic_write
 from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
@@ -72,20 +71,17 @@ def export(ckpt: Checkpoint, fmt: str, output: Path) -> None:
         raise HpsearchError(f"--output {output}: directory {output.parent} does not exist")
     module = Deployable(ckpt.model(), list(ckpt.classes), ckpt.image_size).eval()
     meta = json.dumps(metadata(ckpt))
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     try:
-        # torch reports a file it cannot open as a RuntimeError; opening it here first turns a
-        # read-only or full directory into the OSError below, before any work is done
-        tmp.touch()
-        if fmt == "torchscript":
-            _torchscript(module, meta, tmp)
-        else:
-            _onnx(module, meta, tmp, ckpt.image_size)
-        os.replace(tmp, output)
+        with atomic_write(output) as tmp:
+            # torch reports a file it cannot open as a RuntimeError; opening it here first turns
+            # a read-only or full directory into the OSError below, before any work is done
+            tmp.touch()
+            if fmt == "torchscript":
+                _torchscript(module, meta, tmp)
+            else:
+                _onnx(module, meta, tmp, ckpt.image_size)
     except OSError as e:
         raise HpsearchError(f"--output {output}: cannot write: {e.strerror or e}") from None
-    finally:
-        discard(tmp)
 
 
 def _torchscript(module: Deployable, meta: str, path: Path) -> None:

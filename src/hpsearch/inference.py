@@ -19,7 +19,7 @@ from torch import nn
 from hpsearch.checkpoint import Checkpoint
 from hpsearch.config import DataConfig
 from hpsearch.data import decode_image, list_split, load_split
-from hpsearch.errors import DataError
+from hpsearch.errors import DataError, first_line
 from hpsearch.files import what_is
 from hpsearch.train import Normalizer
 
@@ -50,8 +50,7 @@ def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
         try:
             arrays.append(decode_image(path, size))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            detail = " ".join(str(e).split())[:200] or type(e).__name__
-            raise DataError(f"cannot read image {p}: {detail}") from None
+            raise DataError(f"cannot read image {p}: {first_line(e)}") from None
     return torch.from_numpy(np.stack(arrays))
 
 

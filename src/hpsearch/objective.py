@@ -18,6 +18,7 @@ from hpsearch import __version__
 from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData
+from hpsearch.errors import first_line
 from hpsearch.latency import latency_ms
 from hpsearch.model import activation_count, param_count
 from hpsearch.space import (
@@ -123,7 +124,7 @@ def trial_source(trial: optuna.Trial) -> Source:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "hpsearch": __version__}
-    for pkg in ("torch", "torchvision", "optuna"):
+    for pkg in ("torch", "optuna"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:  # pragma: no cover - declared dependencies
@@ -259,7 +260,7 @@ def make_objective(
             if not is_out_of_memory(e):
                 raise
             where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
-            oom_reason = f"out of {where} memory: {(str(e).splitlines() or [''])[0][:300]}"
+            oom_reason = f"out of {where} memory: {first_line(e)}"
         if oom_reason is not None:
             # Recover only here, after the except block: inside it the exception's traceback
             # still holds fit()'s frames (model, optimizer state, activations), so nothing would

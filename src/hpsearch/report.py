@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -12,8 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
-from hpsearch.files import discard
+from hpsearch.errors import HpsearchError, first_line
+from hpsearch.files import atomic_write
 from hpsearch.results import ranked
 from hpsearch.study import objectives_of
 from hpsearch.study_state import EPOCHS_RUN_ATTR
@@ -94,7 +93,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
             _save(fig, path)
             plt.close(fig)
         except (ValueError, RuntimeError) as e:  # e.g. importances when no parameter varies
-            notes.append(f"{title}: skipped ({' '.join(str(e).split())[:200]})")
+            notes.append(f"{title}: skipped ({first_line(e)})")
             plt.close("all")
             continue
         written.append(path)
@@ -133,25 +132,19 @@ def _figure(ax: Any) -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_write(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     except OSError as e:
         raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        discard(tmp)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
     except OSError as e:
         raise HpsearchError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        discard(tmp)
 
 
 def _summary(

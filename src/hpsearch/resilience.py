@@ -29,7 +29,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpsearch import optuna_private
-from hpsearch.errors import StorageError
+from hpsearch.errors import StorageError, first_line
 
 RETRY_SECONDS = 120.0
 T = TypeVar("T")
@@ -75,7 +75,7 @@ def permanent_error(error: BaseException, what: str, url: str) -> StorageError |
     db = _db_error(error)
     if not isinstance(db, sqlalchemy.exc.OperationalError):
         return None
-    reason = (str(db.orig).strip().splitlines() or [type(db.orig).__name__])[0]
+    reason = first_line(db.orig or db)
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:

@@ -22,7 +22,7 @@ from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_
 from hpsearch.compat import check_objective
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.existing import require_studies
-from hpsearch.files import discard
+from hpsearch.files import atomic_write
 from hpsearch.progress import duration, mean_trial_seconds, search_seconds, time_left
 from hpsearch.study import is_feasible, mask_url, objectives_of, open_storage
 from hpsearch.study_state import (
@@ -350,12 +350,9 @@ def write_trials_csv(study: optuna.Study, output: str) -> tuple[int, int]:
         raise HpsearchError(f"--csv {output}: is a directory; give a file name in it")
     if path.parent and not path.parent.is_dir():
         raise HpsearchError(f"--csv {output}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            df.to_csv(tmp, index=False)
     except OSError as e:
         raise HpsearchError(f"--csv {output}: cannot write: {e.strerror or e}") from None
-    finally:
-        discard(tmp)
     return len(df), len(df.columns)

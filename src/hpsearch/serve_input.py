@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from hpsearch.data import decode_image
+from hpsearch.errors import first_line
 
 MAX_IMAGES_PER_REQUEST = 64
 
@@ -111,6 +112,5 @@ def decode_uploads(uploads: list[tuple[str, bytes]], size: int) -> torch.Tensor:
         except UnidentifiedImageError:
             raise BadInput(415, f"file {_shown(name)} is not an image Pillow can read") from None
         except (OSError, ValueError, SyntaxError) as e:
-            detail = " ".join(str(e).split())[:200] or type(e).__name__
-            raise BadInput(422, f"file {_shown(name)} cannot be decoded: {detail}") from None
+            raise BadInput(422, f"file {_shown(name)} cannot be decoded: {first_line(e)}") from None
     return torch.from_numpy(np.stack(arrays))

@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +53,3 @@ class TrialSpec:
     seed: int
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

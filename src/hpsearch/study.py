@@ -6,7 +6,6 @@ Everything else receives an ``optuna.Study``, never a URL string.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import random
 import re
@@ -24,7 +23,7 @@ from sqlalchemy.engine import make_url
 from hpsearch import optuna_private
 from hpsearch.compat import check_directions, record_study_file
 from hpsearch.config import NamedOptions, StudyConfig
-from hpsearch.errors import ConfigError, StorageError
+from hpsearch.errors import ConfigError, StorageError, first_line
 from hpsearch.resilience import ResilientRDBStorage
 from hpsearch.space import baseline_params, near_baseline_params
 from hpsearch.study_state import (
@@ -39,8 +38,6 @@ T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_NAME = 512  # Optuna's studies.study_name column is VARCHAR(512)
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def accuracy(t: optuna.trial.FrozenTrial) -> float | None:
@@ -138,11 +135,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
             }
         return _create_storage(url, engine_kwargs, beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        reason = (
-            str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            if str(e).strip()
-            else type(e).__name__
-        )
+        reason = first_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
 
 
@@ -208,10 +201,6 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
 
 def grid_space(cfg: StudyConfig) -> dict[str, list[Any]]:
     return {name: list(values) for name, values in cfg.search.grid.items()}
-
-
-def grid_size(cfg: StudyConfig) -> int:
-    return math.prod(len(v) for v in cfg.search.grid.values())
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
