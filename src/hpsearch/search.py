@@ -485,10 +485,11 @@ def train_one(
         f"training {label} for {spec.epochs} epochs on {len(data.train_labels)} images at "
         f"{data.image_size}px on {device}"
     )
+    what = label if label.startswith("trial ") else f"trial {label}"
     try:
         result = fit_in_memory(spec, data, on_epoch, cfg.train.eval_batch_size)
     except NonFiniteLoss as e:
-        raise HpsearchError(f"trial {label}: {e}") from None
+        raise HpsearchError(f"{what}: {e}") from None
     except TrialOutOfMemory as e:
-        raise HpsearchError(f"trial {label} ran {e}") from None
+        raise HpsearchError(f"{what} ran {e}") from None
     return Trained(label, result, params, spec.seed, device)
