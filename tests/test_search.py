@@ -1,6 +1,6 @@
-"""hpsearch.search in this process, without the CLI: run a search, join it, train one of its
-trials; and the order of a run's checks (the storage before anything slow, the data before
-anything written). Real SQLite files in tmp_path, the real photos."""
+"""hpsearch.search and hpsearch.single in this process, without the CLI: run a search, join it,
+train one of its trials; and the order of a run's checks (the storage before anything slow, the
+data before anything written). Real SQLite files in tmp_path, the real photos."""
 
 from __future__ import annotations
 
@@ -16,15 +16,8 @@ from hpsearch.config import load_study, parse_set
 from hpsearch.data import load_data
 from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError
 from hpsearch.objective import TrialOutOfMemory, make_objective
-from hpsearch.search import (
-    JoinOptions,
-    RunOptions,
-    RunSummary,
-    TrainOptions,
-    join_search,
-    run_search,
-    train_one,
-)
+from hpsearch.search import JoinOptions, RunOptions, RunSummary, join_search, run_search
+from hpsearch.single import TrainOptions, train_one
 from hpsearch.space import trial_seed
 from hpsearch.study import check_storage, open_storage, open_study
 from hpsearch.train import EpochMetrics

@@ -1,4 +1,6 @@
-"""``hpsearch`` command line. User mistakes end in one line on stderr and a non-zero exit."""
+"""``hpsearch`` command line: parse the arguments, call the module that does the work
+(:mod:`hpsearch.search` for run and worker, :mod:`hpsearch.single` for train), print what it
+returns. User mistakes end in one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -319,7 +321,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hpsearch.search import TrainOptions, train_one
+    from hpsearch.single import TrainOptions, train_one
 
     opts = TrainOptions(
         study=args.study,

@@ -1,7 +1,8 @@
-"""What ``hpsearch run``, ``worker`` and ``train`` do, in this process: run (or resume) a search,
-join one, train one configuration. The command line parses its arguments into the options here
-and prints what these functions return; the lines said while they work (the study joined, the
-data loaded, each epoch) go through the ``say`` (and ``on_epoch``) callbacks they are given.
+"""What ``hpsearch run`` and ``worker`` do, in this process: run (or resume) a search, join one
+(``hpsearch train``, one configuration without a search, is :mod:`hpsearch.single`). The command
+line parses its arguments into the options here and prints what these functions return; the
+lines said while they work (the study joined, the data loaded) go through the ``say`` callback
+they are given.
 
 ``run`` checks the storage (without writing to it) before anything slow, then plans the worker
 slots (which may probe a GPU by training), decodes and validates the data, and only then opens
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
     from hpsearch.budget import Share
     from hpsearch.data import DeviceData
-    from hpsearch.train import EpochMetrics, FitResult
 
 Say = Callable[[str], None]  # one line for the user, said while the work goes on
 log = logging.getLogger("hpsearch")
@@ -75,17 +75,6 @@ class JoinOptions:
 
 
 @dataclass(frozen=True)
-class TrainOptions:
-    """``hpsearch train``: train one configuration of the study without a search."""
-
-    study: str
-    trial: str = "baseline"  # baseline, best or a trial number
-    overrides: tuple[str, ...] = ()
-    storage: str | None = None
-    study_name: str | None = None
-
-
-@dataclass(frozen=True)
 class Best:
     number: int
     val_accuracy: float
@@ -108,18 +97,8 @@ class RunSummary:
     worker_exits: tuple[tuple[int, int], ...] = ()  # (worker index, exit code) of failed workers
 
 
-@dataclass(frozen=True)
-class Trained:
-    """What ``hpsearch train`` trained and how it did."""
-
-    label: str  # "baseline" or "trial N"
-    result: FitResult
-    params: dict[str, Any]
-    seed: int
-    device: torch.device
-
-
-def _load(study: str, overrides: tuple[str, ...], extra: tuple[Override, ...] = ()) -> StudyConfig:
+def load(study: str, overrides: tuple[str, ...], extra: tuple[Override, ...] = ()) -> StudyConfig:
+    """The study file ``study`` with ``--set`` ``overrides`` (KEY=VALUE) and ``extra``."""
     return load_study(study, [*(parse_set(item) for item in overrides), *extra])
 
 
@@ -151,7 +130,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         for k in ("sampler", "pruner")
         if getattr(opts, k) is not None
     )
-    cfg = _load(opts.study, opts.overrides, extra)
+    cfg = load(opts.study, opts.overrides, extra)
 
     from hpsearch.budget import join, run_lease, withdraw
     from hpsearch.compat import check_reuse
@@ -173,7 +152,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     check_storage(url)  # a mistyped or unreachable storage, before the slow work below
     slots = plan_slots(opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say))
     local = len(slots) == 1 and slots[0].gpu is None
-    device = _device(cfg) if local else None
+    device = device_for(cfg) if local else None
     import torch
 
     data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
@@ -270,7 +249,7 @@ def _check_before_storage(cfg: StudyConfig, name: str) -> None:
 def join_search(opts: JoinOptions, say: Say) -> None:
     """Join a study that ``hpsearch run`` made (waiting up to ``opts.wait`` seconds for it and
     its budget to appear) and run trials until its budget is spent."""
-    cfg = _load(opts.study, opts.overrides)
+    cfg = load(opts.study, opts.overrides)
 
     import torch
 
@@ -305,7 +284,7 @@ def join_search(opts: JoinOptions, say: Say) -> None:
                 raise
             time.sleep(2)
     check_reuse(study, cfg, allow_other_file=opts.allow_other_study_file, record=False)
-    device = _device(cfg)
+    device = device_for(cfg)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")
     store = artifacts_dir(url, opts.artifacts)
@@ -434,7 +413,8 @@ def _summary(
     )
 
 
-def _device(cfg: StudyConfig) -> torch.device:
+def device_for(cfg: StudyConfig) -> torch.device:
+    """The study's ``train.device``, resolved; a CUDA device that is not there is a ConfigError."""
     import torch
 
     from hpsearch.train import resolve_device
@@ -445,51 +425,3 @@ def _device(cfg: StudyConfig) -> torch.device:
             f"train.device: {cfg.train.device} requested but no CUDA device is available"
         )
     return device
-
-
-def train_one(
-    opts: TrainOptions, say: Say, on_epoch: Callable[[EpochMetrics], None] | None = None
-) -> Trained:
-    """Train one configuration of the study without a search: the seed baseline, the study's
-    best trial or trial N (in any state), with the seed it was (or would be) trained with; the
-    same spec and out-of-memory handling as a trial of the search."""
-    cfg = _load(opts.study, opts.overrides)
-
-    from hpsearch.data import load_data
-    from hpsearch.objective import TrialOutOfMemory, derive_spec, fit_in_memory
-    from hpsearch.space import Recorder, baseline_value, params_source
-    from hpsearch.train import NonFiniteLoss
-
-    label = str(opts.trial)
-    if label not in ("baseline", "best") and not label.isdigit():
-        raise ConfigError(f"--trial: expected baseline, best or a trial number, got {label!r}")
-    if label == "baseline":
-        rec = Recorder(baseline_value)
-        spec = derive_spec(cfg, rec, 0, {})
-        params = rec.params
-    else:
-        from hpsearch.results import open_existing, pick_trial
-        from hpsearch.study import storage_url
-
-        study = open_existing(storage_url(opts.storage), opts.study_name or cfg.name)
-        number = None if label == "best" else int(label)
-        t = pick_trial(study, number, any_state=True)
-        spec = derive_spec(
-            cfg, params_source(t.params, f"trial {t.number}"), t.number, t.user_attrs
-        )
-        params = dict(t.params)
-        label = f"trial {t.number}"
-    device = _device(cfg)
-    data = load_data(cfg.data, device)
-    say(
-        f"training {label} for {spec.epochs} epochs on {len(data.train_labels)} images at "
-        f"{data.image_size}px on {device}"
-    )
-    what = label if label.startswith("trial ") else f"trial {label}"
-    try:
-        result = fit_in_memory(spec, data, on_epoch, cfg.train.eval_batch_size)
-    except NonFiniteLoss as e:
-        raise HpsearchError(f"{what}: {e}") from None
-    except TrialOutOfMemory as e:
-        raise HpsearchError(f"{what} ran {e}") from None
-    return Trained(label, result, params, spec.seed, device)
