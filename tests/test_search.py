@@ -56,6 +56,19 @@ def test_a_bad_storage_is_reported_before_the_data_is_decoded(
     assert said == [] and not good.exists()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_bad_storage_is_reported_before_the_gpu_probe(tmp_path: Path) -> None:
+    """Without --trials-per-gpu, a run on a GPU machine measures a trial first (it trains):
+    a mistyped storage is said before that."""
+    url = f"sqlite:///{tmp_path / 'typo' / 'hpsearch.db'}"
+    said: list[str] = []
+    with pytest.raises(StorageError, match="cannot open storage"):
+        run_search(RunOptions("smoke", 1, TINY, storage=url), said.append)
+    assert not any(line.startswith("measuring one trial") for line in said)
+    assert said == [] and not list(tmp_path.iterdir())
+
+
 def test_a_file_that_is_no_database_is_reported_before_the_data(tmp_path: Path) -> None:
     db = tmp_path / "notes.db"
     db.write_text("not a database, whatever its name says\n" * 20)
