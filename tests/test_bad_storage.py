@@ -31,6 +31,18 @@ def test_unreachable_postgres_with_password_is_one_masked_line(workdir: Path) ->
     _one_line_no_secret(r.stdout, r.stderr)
 
 
+def test_mistyped_storage_is_reported_before_the_data(workdir: Path) -> None:
+    """The photos are missing too, and reading them comes later: the storage is said first."""
+    url = f"sqlite:///{workdir / 'typo' / 'hpsearch.db'}"
+    args = ["run", "--study", "smoke", "--trials", "1", "--storage", url]
+    r = hpsearch([*args, "--set", f"data.root={workdir / 'no-photos'}"], workdir)
+    assert r.returncode == 1
+    assert f"cannot open storage {url}: {workdir / 'typo'} does not exist" in r.stderr
+    assert "no-photos" not in r.stderr and r.stdout == ""
+    _one_line_no_secret(r.stdout, r.stderr)
+    assert not list(workdir.iterdir())
+
+
 def test_missing_postgres_database_is_one_line(workdir: Path) -> None:
     base = PG_ADMIN.rsplit("/", 1)[0]
     url = f"{base}/hpsearch_no_such_database"

@@ -75,8 +75,8 @@ def test_nothing_below_the_command_line_imports_it(module: str) -> None:
     assert not found, f"hpsearch.{module} imports {sorted(found)}"
 
 
-# the worker loop's users: they run trials or confirm runs under its claim lock
-WORKER_LOOP_USERS = ("workers", "budget", "confirm", *CLI)
+# the worker loop's users: they run trials (search) or confirm runs under its claim lock
+WORKER_LOOP_USERS = ("workers", "budget", "confirm", "search", "single", *CLI)  # single: via search
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m not in WORKER_LOOP_USERS])

@@ -1,4 +1,6 @@
-"""``hpsearch`` command line. User mistakes end in one line on stderr and a non-zero exit."""
+"""``hpsearch`` command line: parse the arguments, call the module that does the work
+(:mod:`hpsearch.search` for run and worker, :mod:`hpsearch.single` for train), print what it
+returns. User mistakes end in one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -8,11 +10,8 @@ import logging
 import os
 import re
 import sys
-import time
-import uuid
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from hpsearch import stopping
@@ -25,18 +24,12 @@ from hpsearch.cli_results import (
     storage_args,
 )
 from hpsearch.cli_serve import add_serve_command
-from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.errors import ConfigError, HpsearchError, StorageError, first_line
+from hpsearch.errors import HpsearchError
 from hpsearch.stopping import Terminated
 
 if TYPE_CHECKING:
-    import optuna
-    import torch
-
-    from hpsearch.budget import Share
-    from hpsearch.data import DeviceData
-
-log = logging.getLogger("hpsearch")
+    from hpsearch.search import RunSummary
+    from hpsearch.train import EpochMetrics
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,402 +233,128 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     return cmd_confirm(args)
 
 
-def _load(args: argparse.Namespace, extra: Sequence[Override] = ()) -> StudyConfig:
-    overrides = [parse_set(item) for item in args.overrides]
-    return load_study(args.study, [*overrides, *extra])
-
-
-def _auto_per_gpu(args: argparse.Namespace) -> Callable[[str], int]:
-    """The measured ``--trials-per-gpu`` default (see hpsearch.gpu_plan), said on one line."""
-
-    def decide(gpu: str) -> int:
-        from hpsearch.gpu_plan import probe, trials_per_gpu
-
-        print(
-            f"measuring one trial of {args.study} on GPU {gpu} to pick --trials-per-gpu...",
-            flush=True,
-        )
-        try:
-            k, why = trials_per_gpu(probe([args.study, *args.overrides], gpu))
-        except HpsearchError as e:
-            print(f"warning: {e}; running 1 trial per GPU (set --trials-per-gpu)", flush=True)
-            return 1
-        print(why, flush=True)
-        return k
-
-    return decide
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.trials < 1:
-        raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
-    extra = [
-        Override(f"search.{k}", getattr(args, k), f"--{k}")
-        for k in ("sampler", "pruner")
-        if getattr(args, k) is not None
-    ]
-    cfg = _load(args, extra)
+    from hpsearch.search import RunOptions, run_search
 
-    from hpsearch.budget import join, run_lease, withdraw
-    from hpsearch.compat import check_reuse
-    from hpsearch.data import load_data
-    from hpsearch.launcher import launch, plan_slots
-    from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
-    from hpsearch.workers import claim_lock
-
-    slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, _auto_per_gpu(args))
-    url = storage_url(args.storage)
-    local = len(slots) == 1 and slots[0].gpu is None
-    device = _device(cfg) if local else None
-    import torch
-
-    data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
-    name = args.study_name or cfg.name
-    _check_before_storage(cfg, name)
-    storage = open_storage(url, args.heartbeat)  # only now: a run that fails above writes nothing
-    # Made, set up and given this run's share under the claim lock, so that two runs started
-    # together make one study with one baseline and add up their budgets.
-    lock = claim_lock(storage, name)
-    lease = run_lease(storage, name)
-    lock.acquire()
-    try:
-        study = open_study(cfg, storage, name)  # schema and study made once, before any worker
-        check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=True)
-        share = join(study, args.trials, lease, uuid.uuid4().hex[:12])
-    except BaseException:
-        lease.release()
-        raise
-    finally:
-        lock.release()
-    s = cfg.search
-    print(
-        f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
-        f"running {args.trials} more "
-        f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
+    opts = RunOptions(
+        study=args.study,
+        trials=args.trials,
+        overrides=tuple(args.overrides),
+        storage=args.storage,
+        study_name=args.study_name,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        heartbeat=args.heartbeat,
+        artifacts=args.artifacts,
+        workers=args.workers,
+        gpus=args.gpus,
+        trials_per_gpu=args.trials_per_gpu,
+        allow_other_study_file=args.allow_other_study_file,
+        command=args.command_line,
     )
-    if share.others:
-        print(
-            f"another hpsearch run is working on this study; the workers of both work "
-            f"towards its target, now {share.target} finished trials"
-        )
-    print(
-        f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
-        f"{', '.join(data.classes)} at {data.image_size}px on "
-        f"{device or f'{len(slots)} workers'}",
-        flush=True,
-    )
-    try:
-        if local:
-            assert device is not None
-            store = artifacts_dir(url, args.artifacts)
-            total = share.target - share.finished_before
-            _work(
-                cfg, study, data, args.heartbeat, store, share.finished_before, total, share.run_id
-            )
-        else:
-            worker_args = [
-                "--study",
-                str(cfg.path),
-                "--study-name",
-                name,
-                "--heartbeat",
-                str(args.heartbeat),
-                "--artifacts",
-                str(artifacts_dir(url, args.artifacts)),
-            ]
-            if args.allow_other_study_file:
-                worker_args.append("--allow-other-study-file")
-            for o in [*args.overrides, *(f"{e.key}={e.value}" for e in extra)]:
-                worker_args += ["--set", o]
-            codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
-            for slot, code in zip(slots, codes, strict=True):
-                if code != 0:
-                    how = f"signal {-code}" if code < 0 else f"exit code {code}"
-                    print(f"[w{slot.index}] ended with {how}", file=sys.stderr)
-    finally:
-        try:
-            withdraw(study, share, lock)  # a no-op once the share is done
-        except Exception as e:  # the reason the run stopped matters more
-            log.warning("could not take back this run's unfinished trials: %s", e)
-        lease.release()
-    return _summary(cfg, study, share, url)
+    summary = run_search(opts, _say)
+    return _print_summary(summary)
 
 
-def _check_before_storage(cfg: StudyConfig, name: str) -> None:
-    """What open_study would find wrong after the database exists: an unusable study name and
-    sampler or pruner options that Optuna's constructors refuse."""
-    from hpsearch.study import MAX_STUDY_NAME, make_pruner, make_sampler
-
-    if len(name) > MAX_STUDY_NAME:
-        raise ConfigError(
-            f"--study-name: at most {MAX_STUDY_NAME} characters (Optuna's limit), got {len(name)}"
-        )
-    make_sampler(cfg, 0)
-    make_pruner(cfg)
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-
-    import torch
-
-    from hpsearch.compat import check_reuse
-    from hpsearch.data import load_data
-    from hpsearch.study import artifacts_dir, mask_url, open_storage, open_study, storage_url
-    from hpsearch.study_state import target
-
-    threads = os.environ.get("HPSEARCH_THREADS")
-    if threads and threads.isdigit():
-        torch.set_num_threads(int(threads))
-    from hpsearch.existing import require_studies
-
-    url = storage_url(args.storage)
-    storage = None
-    name = args.study_name or cfg.name
-    wid = os.environ.get("HPSEARCH_WORKER_ID", "")
-    seed_offset = 7919 * (int(wid) + 1) if wid.isdigit() else os.getpid()
-    deadline = time.monotonic() + args.wait
-    while True:
-        try:
-            if storage is None:
-                require_studies(url)  # a worker joins a study; it never creates the database
-                storage = open_storage(url, args.heartbeat)
-            study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
-            goal = target(study)
-            if goal is None:
-                raise StorageError(
-                    f"study {name!r} has no trial budget; start it with hpsearch run"
-                )
-            break
-        except StorageError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(2)
-    check_reuse(study, cfg, allow_other_file=args.allow_other_study_file, record=False)
-    device = _device(cfg)
-    data = load_data(cfg.data, device)
-    print(
-        f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials",
-        flush=True,
-    )
-    store = artifacts_dir(url, args.artifacts)
-    _work(cfg, study, data, args.heartbeat, store, 0, goal, os.environ.get("HPSEARCH_RUN_ID"))
-    return 0
-
-
-def _work(
-    cfg: StudyConfig,
-    study: optuna.Study,
-    data: DeviceData,
-    heartbeat: int,
-    artifacts: Path,
-    offset: int,
-    total: int,
-    run_id: str | None,
-) -> None:
-    """Run this process's share of the budget, printing progress."""
-    from hpsearch import optuna_private
-    from hpsearch.objective import TrialOutOfMemory, make_keeper, make_objective
-    from hpsearch.progress import Progress, RunSize
-    from hpsearch.study import grid_check
-    from hpsearch.workers import claim_lock, run_until_budget
-
-    workers = os.environ.get("HPSEARCH_WORKERS", "1")
-    wid = os.environ.get("HPSEARCH_WORKER_ID", "0")
-    size = RunSize(
-        data.image_size,
-        cfg.train.epochs,
-        len(data.train_labels) // max(len(data.classes), 1),
-        2 ** _most_blocks(cfg),
-    )
-    progress = Progress(
-        total,
-        offset,
-        workers=int(workers) if workers.isdigit() else 1,
-        size=size if wid == "0" else None,  # one worker says it, not every one
-    )
-    progress.seed_best(study)
-    progress.seed_time(study)
-    progress.stale_after = 3.0 * heartbeat  # the grace period open_storage gives Optuna
-    keeper = make_keeper(cfg, data, artifacts)
-    reason = run_until_budget(
-        study,
-        make_objective(cfg, data, progress.epoch, keeper),
-        claim_lock(optuna_private.storage_of(study), study.study_name),
-        callbacks=[progress.trial_done, *([keeper.settle] if keeper is not None else [])],
-        catch=(TrialOutOfMemory,),
-        poll_seconds=min(5.0, float(heartbeat)),
-        grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
-        on_requeue=progress.requeued,
-        on_wait=progress.waiting,
-        run_id=run_id,
-    )
-    if reason == "grid exhausted":
-        print("the grid is exhausted: every point has a finished trial", flush=True)
-
-
-def _most_blocks(cfg: StudyConfig) -> int:
-    """The most conv blocks the search space allows (each halves the image)."""
-    from hpsearch.space import BASELINE, Choice, Fixed, FloatRange, IntRange
-
-    spec = cfg.search.space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
-    if isinstance(spec, Fixed):
-        return int(spec.value)
-    if isinstance(spec, Choice):
-        return max(int(c) for c in spec.choices)
-    if isinstance(spec, IntRange | FloatRange):
-        return int(spec.high)
-    return int(BASELINE["n_blocks"])
-
-
-def _summary(cfg: StudyConfig, study: optuna.Study, share: Share, url: str) -> int:
+def _print_summary(summary: RunSummary) -> int:
     """Print what the run did; exit code 0 when its share of the budget (or the grid) is done."""
-    import optuna
+    from hpsearch.study import mask_url, storage_url
 
-    from hpsearch.budget import finished_by
-    from hpsearch.study import grid_check, mask_url, storage_url
-    from hpsearch.study_state import finished_count, target
-
-    trials = study.get_trials(deepcopy=False)
-    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    done = finished_count(study)
-    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    for index, code in summary.worker_exits:
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        print(f"[w{index}] ended with {how}", file=sys.stderr)
     print(
-        f"done: {finished_by(study, share.run_id)} trials finished in this run; the study has "
-        f"{done} finished ({failed} failed, {running} running)"
+        f"done: {summary.finished_here} trials finished in this run; the study has "
+        f"{summary.finished} finished ({summary.failed} failed, {summary.running} running)"
     )
-    from hpsearch.results import ranked
-
-    top = ranked(study)
-    if top:
-        best = top[0]
+    best = summary.best
+    if best is not None:
         print(
-            f"best: val_accuracy {best.values[0]:.4f} in trial {best.number}: "
+            f"best: val_accuracy {best.val_accuracy:.4f} in trial {best.number}: "
             f"{json.dumps(best.params)}"
         )
     else:
         print("best: no completed trial yet")
+    url = summary.url
     storage_flag = "" if url == storage_url(None) else f" --storage {mask_url(url)}"
-    print(f"browse: hpsearch dashboard --study {study.study_name}{storage_flag}")
-    # A run that joined later may have raised the target; this run answers for its own share
-    # (or less, where one that stopped early took its part back).
-    goal = min(share.target, target(study) or share.target)
-    if done < goal:
-        if cfg.search.sampler.name == "grid" and grid_check(cfg)(study) == "exhausted":
-            return 0
+    print(f"browse: hpsearch dashboard --study {summary.study_name}{storage_flag}")
+    if not summary.done:
         print(
-            f"hpsearch: error: the budget of {goal} finished trials was not reached",
+            f"hpsearch: error: the budget of {summary.goal} finished trials was not reached",
             file=sys.stderr,
         )
         return 1
     return 0
 
 
-def _device(cfg: StudyConfig) -> torch.device:
-    import torch
+def _digits(name: str) -> int | None:
+    """An environment variable that the launcher sets for its workers, as a number."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
 
-    from hpsearch.train import resolve_device
 
-    device = resolve_device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device: {cfg.train.device} requested but no CUDA device is available"
-        )
-    return device
+def cmd_worker(args: argparse.Namespace) -> int:
+    from hpsearch.search import JoinOptions, join_search
+
+    opts = JoinOptions(
+        study=args.study,
+        overrides=tuple(args.overrides),
+        storage=args.storage,
+        study_name=args.study_name,
+        heartbeat=args.heartbeat,
+        artifacts=args.artifacts,
+        wait=args.wait,
+        allow_other_study_file=args.allow_other_study_file,
+        command=args.command_line,
+        worker_id=_digits("HPSEARCH_WORKER_ID"),
+        workers=_digits("HPSEARCH_WORKERS") or 1,
+        threads=_digits("HPSEARCH_THREADS") or None,
+        run_id=os.environ.get("HPSEARCH_RUN_ID"),
+    )
+    join_search(opts, _say)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    from hpsearch.single import TrainOptions, train_one
 
-    from hpsearch.data import load_data
-    from hpsearch.space import (
-        Recorder,
-        baseline_value,
-        params_source,
-        sample_values,
-        to_trial_spec,
-        trial_seed,
+    opts = TrainOptions(
+        study=args.study,
+        trial=str(args.trial),
+        overrides=tuple(args.overrides),
+        storage=args.storage,
+        study_name=args.study_name,
     )
-    from hpsearch.study_state import SEED_ATTR
-    from hpsearch.train import fit
-
-    label = str(args.trial)
-    if label not in ("baseline", "best") and not label.isdigit():
-        raise ConfigError(f"--trial: expected baseline, best or a trial number, got {label!r}")
-    if label == "baseline":
-        rec = Recorder(baseline_value)
-        values = sample_values(cfg.search, rec)
-        params = rec.params
-        seed = trial_seed(cfg.search.seed, 0)
-    else:
-        t = _stored_trial(cfg, args, label)
-        values = sample_values(cfg.search, params_source(t.params, f"trial {t.number}"))
-        params = dict(t.params)
-        seed = int(t.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, t.number)))
-        label = f"trial {t.number}"
-    spec = to_trial_spec(values, cfg, seed)
-    device = _device(cfg)
-    data = load_data(cfg.data, device)
-    print(
-        f"training {label} for {spec.epochs} epochs on {len(data.train_labels)} images at "
-        f"{data.image_size}px on {device}",
-        flush=True,
-    )
-
-    def show(m: object) -> None:
-        from hpsearch.train import EpochMetrics
-
-        assert isinstance(m, EpochMetrics)
-        print(
-            f"epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f} train_acc {m.train_accuracy:.4f} "
-            f"val_loss {m.val_loss:.4f} val_acc {m.val_accuracy:.4f} lr {m.lr:.2e} "
-            f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)",
-            flush=True,
-        )
-
-    from hpsearch.objective import is_out_of_memory
-    from hpsearch.train import NonFiniteLoss
-
-    try:
-        result = fit(spec, data, show, cfg.train.eval_batch_size)
-    except NonFiniteLoss as e:
-        raise HpsearchError(f"trial {label}: {e}") from None
-    except (MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise HpsearchError(f"trial {label} ran out of memory: {first_line(e)}") from None
+    trained = train_one(opts, _say, _print_epoch)
+    result = trained.result
     print(
         json.dumps(
             {
-                "trial": label,
+                "trial": trained.label,
                 "val_accuracy": result.val_accuracy,
                 "train_images_per_s": round(result.train_images_per_s, 1),
                 "epoch_seconds": round(result.epoch_seconds, 3),
                 "n_params": result.n_params,
-                "params": params,
-                "seed": seed,
-                "device": str(device),
+                "params": trained.params,
+                "seed": trained.seed,
+                "device": str(trained.device),
             }
         )
     )
     return 0
 
 
-def _stored_trial(
-    cfg: StudyConfig, args: argparse.Namespace, label: str
-) -> optuna.trial.FrozenTrial:
-    from hpsearch.results import open_existing
-    from hpsearch.study import storage_url
-
-    study = open_existing(storage_url(args.storage), args.study_name or cfg.name)
-    if label == "best":
-        from hpsearch.results import pick_trial
-
-        return pick_trial(study, None)
-    for t in study.get_trials(deepcopy=False):
-        if t.number == int(label):
-            return t
-    raise StorageError(f"study {study.study_name!r} has no trial {label}")
+def _print_epoch(m: EpochMetrics) -> None:
+    print(
+        f"epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f} train_acc {m.train_accuracy:.4f} "
+        f"val_loss {m.val_loss:.4f} val_acc {m.val_accuracy:.4f} lr {m.lr:.2e} "
+        f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)",
+        flush=True,
+    )
 
 
 class _QuietInterrupt(logging.Filter):
@@ -666,7 +385,9 @@ _quiet_interrupt = _QuietInterrupt()
 def main(argv: Sequence[str] | None = None) -> int:
     stopping.install()
     logging.basicConfig(format="hpsearch: %(levelname)s: %(message)s", level=logging.WARNING)
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
+    args.command_line = " ".join(words)  # recorded on each trial that this command runs
     try:
         import optuna
 

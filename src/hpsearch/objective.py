@@ -5,8 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from hpsearch.space import (
     to_trial_spec,
     trial_seed,
 )
+from hpsearch.spec import TrialSpec
 from hpsearch.stopping import raise_if_pending
 from hpsearch.study import mask_secrets
 from hpsearch.study_state import (
@@ -57,7 +57,7 @@ from hpsearch.study_state import (
     VERSIONS_ATTR,
     WORKER_ATTR,
 )
-from hpsearch.train import EpochMetrics, NonFiniteLoss, fit
+from hpsearch.train import EpochMetrics, FitResult, NonFiniteLoss, fit
 
 
 class TrialOutOfMemory(Exception):
@@ -79,6 +79,41 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def derive_spec(
+    cfg: StudyConfig, source: Source, number: int, attrs: Mapping[str, Any]
+) -> TrialSpec:
+    """What trial ``number`` trains: its values asked of ``source``, and the seed it recorded in
+    ``attrs`` (a re-run of an interrupted trial, or a heartbeat retry, carries its original's),
+    else the study's seed for that number. The objective and ``hpsearch train`` both use it."""
+    values = sample_values(cfg.search, source)
+    seed = int(attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, number)))
+    return to_trial_spec(values, cfg, seed)
+
+
+def fit_in_memory(
+    spec: TrialSpec,
+    data: DeviceData,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    eval_batch_size: int,
+) -> FitResult:
+    """``fit``, with running out of GPU or host memory turned into :class:`TrialOutOfMemory`
+    (its message: "out of GPU memory: <what torch said>") after the memory the failed training
+    held is given back. NonFiniteLoss and every other error pass through."""
+    oom_reason = None
+    try:
+        return fit(spec, data, on_epoch, eval_batch_size)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+        oom_reason = f"out of {where} memory: {first_line(e)}"
+    # Recover only here, after the except block: inside it the exception's traceback still
+    # holds fit()'s frames (model, optimizer state, activations), so nothing would be freed
+    # (pytorch issue 18853).
+    free_memory(data.device)
+    raise TrialOutOfMemory(oom_reason)
 
 
 def predicted_oom(
@@ -157,17 +192,19 @@ def make_objective(
     data: DeviceData,
     on_epoch: EpochHook | None = None,
     keeper: CheckpointKeeper | None = None,
+    command: str = "",
 ) -> Callable[[optuna.Trial], float | tuple[float, float]]:
     """The objective for ``study.optimize``: returns the final epoch's validation accuracy.
 
     With a ``keeper`` (:func:`make_keeper`), a trial that finishes among the best
-    ``search.keep_checkpoints`` keeps its trained model as an Optuna artifact.
+    ``search.keep_checkpoints`` keeps its trained model as an Optuna artifact. ``command``, the
+    command line that runs the search, is recorded on each trial (URL passwords masked).
     """
     static_attrs: dict[str, Any] = {
         DEVICE_ATTR: device_name(data.device),
         VERSIONS_ATTR: versions(),
         CONFIG_ATTR: cfg.to_dict(),
-        COMMAND_ATTR: mask_secrets(" ".join(sys.argv[1:]))[:500],
+        COMMAND_ATTR: mask_secrets(command)[:500],
         WORKER_ATTR: f"{platform.node()}:{os.getpid()}",
     }
 
@@ -181,10 +218,8 @@ def make_objective(
             raise
 
     def run(trial: optuna.Trial) -> float | tuple[float, float]:
-        values = sample_values(cfg.search, trial_source(trial))
-        # a re-run (of an interrupted trial, or a heartbeat retry) carries its original's seed
-        seed = int(trial.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, trial.number)))
-        spec = to_trial_spec(values, cfg, seed)
+        spec = derive_spec(cfg, trial_source(trial), trial.number, trial.user_attrs)
+        seed = spec.seed
         n_params = param_count(spec.arch, len(data.classes), data.image_size)
         activations = activation_count(spec.arch, data.image_size)
         trial.set_user_attr(SEED_ATTR, seed)
@@ -250,25 +285,15 @@ def make_objective(
                 trial.set_user_attr(PRUNED_REASON_ATTR, reason)
                 raise optuna.TrialPruned(reason)
 
-        oom_reason = None
         try:
-            result = fit(spec, data, report, cfg.train.eval_batch_size)
+            result = fit_in_memory(spec, data, report, cfg.train.eval_batch_size)
         except NonFiniteLoss as e:
             trial.set_user_attr(PRUNED_REASON_ATTR, str(e))
             raise optuna.TrialPruned(str(e)) from None
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-            if not is_out_of_memory(e):
-                raise
-            where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
-            oom_reason = f"out of {where} memory: {first_line(e)}"
-        if oom_reason is not None:
-            # Recover only here, after the except block: inside it the exception's traceback
-            # still holds fit()'s frames (model, optimizer state, activations), so nothing would
-            # be freed (pytorch issue 18853).
-            free_memory(data.device)
+        except TrialOutOfMemory as e:
             trial.set_user_attr(OOM_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, oom_reason)
-            raise TrialOutOfMemory(oom_reason)
+            trial.set_user_attr(FAIL_REASON_ATTR, str(e))
+            raise
         feasible = True
         ms = None
         if limits.max_latency_ms is not None or "latency_ms" in cfg.search.objectives:

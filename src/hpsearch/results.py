@@ -92,8 +92,9 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=_rank_key)
 
 
-def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """The best completed trial, or trial ``number``."""
+def pick_trial(study: optuna.Study, number: int | None, any_state: bool = False) -> FrozenTrial:
+    """The best completed trial, or trial ``number``: a COMPLETE one (it has a trained model),
+    or with ``any_state`` one in any state (``hpsearch train`` trains its configuration anew)."""
     if number is None:
         best = ranked(study)
         if not best:
@@ -108,7 +109,7 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         return best[0]
     for t in study.get_trials(deepcopy=False):
         if t.number == number:
-            if t.state != TrialState.COMPLETE:
+            if t.state != TrialState.COMPLETE and not any_state:
                 raise StorageError(
                     f"trial {number} of study {study.study_name!r} is {t.state.name}, not "
                     "COMPLETE: it has no trained model"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
@@ -99,6 +100,58 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     three intervals is marked failed and retried (up to twice) by the next worker that claims.
     """
     shown = mask_url(url)
+    url, engine_kwargs = _engine_args(url)
+    try:
+        beat: dict[str, Any] = {}
+        if heartbeat:
+            beat = {
+                "heartbeat_interval": heartbeat,
+                "grace_period": 3 * heartbeat,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=2
+                ),
+            }
+        return _create_storage(url, engine_kwargs, beat)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        raise StorageError(f"cannot open storage {shown}: {_reason(e, url, shown)}") from None
+
+
+def check_storage(url: str) -> None:
+    """Find what :func:`open_storage` would refuse in ``url`` without writing anything, so that
+    a mistyped or unreachable storage is reported before the slow work that precedes opening
+    it (the GPU probe, the data decode): a URL that is no database URL or of an unknown scheme,
+    an in-memory SQLite database, an SQLite file in a directory that does not exist or cannot be
+    written, a file that is not a database, a server that does not answer or has no such
+    database. Nothing is created: a new SQLite file is made by open_storage, later."""
+    shown = mask_url(url)
+    url, engine_kwargs = _engine_args(url)
+    parsed = make_url(url)
+    db = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and not db.startswith("file:"):
+        path = Path(db).expanduser()
+        if not path.exists():
+            folder = path.parent.resolve()
+            if not folder.is_dir():
+                why = f"{folder} {'is not a directory' if folder.exists() else 'does not exist'}"
+            elif not os.access(folder, os.W_OK | os.X_OK):
+                why = f"cannot create a file in {folder}"
+            else:
+                return  # a new database, made where it can be
+            raise StorageError(f"cannot open storage {shown}: {why}")
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        try:
+            sqlalchemy.inspect(engine).has_table("studies")  # reads; creates nothing
+        finally:
+            engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        raise StorageError(f"cannot open storage {shown}: {_reason(e, url, shown)}") from None
+
+
+def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL to connect to (PostgreSQL through psycopg 3) and SQLAlchemy's engine options;
+    a URL that open_storage would refuse before connecting is a StorageError."""
+    shown = mask_url(url)
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -123,20 +176,12 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         engine_kwargs.update(
             pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 10}
         )
-    try:
-        beat: dict[str, Any] = {}
-        if heartbeat:
-            beat = {
-                "heartbeat_interval": heartbeat,
-                "grace_period": 3 * heartbeat,
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=2
-                ),
-            }
-        return _create_storage(url, engine_kwargs, beat)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        reason = first_line(getattr(e, "orig", None) or e)
-        raise StorageError(f"cannot open storage {shown}: {reason.replace(url, shown)}") from None
+    return url, engine_kwargs
+
+
+def _reason(e: BaseException, url: str, shown: str) -> str:
+    """The first line of what the driver said, the URL in it masked."""
+    return first_line(getattr(e, "orig", None) or e).replace(url, shown)
 
 
 def _create_storage(
