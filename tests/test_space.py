@@ -14,7 +14,9 @@ from hpsearch.space import (
     Fixed,
     FloatRange,
     PerOptimizer,
+    Plain,
     Recorder,
+    Scalar,
     baseline_params,
     baseline_value,
     contains,
@@ -43,6 +45,8 @@ def test_every_named_parameter_within_its_range(sampler: str) -> None:
         expected = {"n_blocks"} | {f for f in FAMILIES if not FAMILIES[f].per_block}
         expected |= {f"{f}_b{i}" for f in ("channels", "kernel_size") for i in range(1, n + 1)}
         expected -= {"momentum"}  # fixed in catdog.yaml
+        if trial.params["lr_schedule"] == "cosine":
+            expected -= {"lr_decay_step", "lr_decay_gamma"}  # StepLR's: not drawn for cosine
         assert set(trial.params) == expected
         for name, value in trial.params.items():
             block = split_block_name(name)
@@ -66,10 +70,45 @@ def test_baseline_is_the_seed_cnn() -> None:
     assert params["batch_size"] == 32 and params["dense_units"] == 512
     assert params["optimizer"] == "adam" and params["activation"] == "relu"
     assert "momentum" not in params  # fixed, so not a searched parameter
+    assert params["lr_schedule"] == "step" and params["crop_min"] == 0.35
     spec = to_trial_spec(sample_values(cfg.search, Recorder(baseline_value)), cfg, 0)
     assert spec.arch.channels == (32, 64, 128) and not spec.arch.batch_norm
     # the one source that benchmarks and the GPU probe take it from
     assert seed_spec(cfg.train.epochs, 0, cfg.train.crop_scale, cfg.train.flip) == spec
+
+
+def test_a_cosine_trial_draws_no_steplr_parameters() -> None:
+    cfg = load_study("catdog")
+    for schedule in ("step", "cosine"):
+        asked: list[str] = []
+
+        def source(
+            name: str, spec: Plain, schedule: str = schedule, asked: list[str] = asked
+        ) -> Scalar:
+            asked.append(name)
+            if name == "lr_schedule":
+                return schedule
+            return spec.choices[0] if isinstance(spec, Choice) else baseline_value(name)
+
+        spec = to_trial_spec(sample_values(cfg.search, source), cfg, 0)
+        assert spec.optim.lr_schedule == schedule
+        steplr = {"lr_decay_step", "lr_decay_gamma"}
+        assert (steplr <= set(asked)) == (schedule == "step"), asked
+
+
+def test_crop_min_comes_from_the_space_or_else_the_train_section() -> None:
+    old = load_study("bench/catdog_v0.yaml")  # a space without crop_min: train.crop_scale
+    assert "crop_min" not in old.search.space
+    values = sample_values(old.search, Recorder(baseline_value))
+    assert to_trial_spec(values, old, 0).crop_scale == old.train.crop_scale
+    cfg = load_study("catdog", [parse_set("train.crop_scale=[0.5, 0.9]")])
+    for drawn, expected in ((0.35, (0.35, 0.9)), (0.6, (0.6, 0.9)), (1.0, (1.0, 1.0))):
+
+        def source(name: str, spec: Plain, drawn: float = drawn) -> Scalar:
+            return drawn if name == "crop_min" else baseline_value(name)
+
+        values = sample_values(cfg.search, source)
+        assert to_trial_spec(values, cfg, 0).crop_scale == expected  # 1.0: flips only
 
 
 def test_grid_mode_asks_only_grid_parameters() -> None:

@@ -81,6 +81,25 @@ def test_step_lr_decays_every_step_epochs(data: DeviceData) -> None:
     assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005])
 
 
+def test_cosine_schedule_anneals_over_the_trials_epochs(data: DeviceData) -> None:
+    """lr_schedule cosine: epoch e of E trains at lr * (1 + cos(pi * (e - 1) / E)) / 2, and the
+    StepLR fields, whatever they say, change nothing."""
+    s = spec(
+        epochs=4,
+        optim=OptimSpec(
+            optimizer="sgd",
+            lr=0.01,
+            weight_decay=0.0,
+            momentum=0.9,
+            lr_decay_step=1,
+            lr_decay_gamma=0.1,
+            lr_schedule="cosine",
+        ),
+    )
+    lrs = [m.lr for m in fit(s, data).history]
+    assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)])
+
+
 def test_diverging_loss_raises(data: DeviceData) -> None:
     with pytest.raises(NonFiniteLoss, match="epoch 1"):
         fit(

@@ -101,6 +101,13 @@ def contains(spec: ParamSpec, value: Scalar, optimizer: str | None = None) -> bo
 ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu", "elu")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 HEADS = ("flatten", "gap")
+SCHEDULES = ("step", "cosine")
+# Families that, when the study's space leaves them out, take their value from the study's train
+# section rather than from the seed baseline: ``crop_min`` is ``train.crop_scale``'s lower end.
+FROM_TRAIN_CONFIG = ("crop_min",)
+# Families used only with one learning-rate schedule: a cosine trial never draws them (they keep
+# the seed's values, unused), so TPE is not asked to model knobs that change nothing.
+STEP_ONLY = ("lr_decay_step", "lr_decay_gamma")
 MAX_KERNEL = 11
 
 
@@ -158,11 +165,20 @@ FAMILIES: dict[str, Family] = {
     "lr": Family(float, False, _between(0.0, 10.0, lo_open=True), "learning rate"),
     "momentum": Family(float, False, _between(0.0, 1.0, hi_open=True), "momentum (sgd, rmsprop)"),
     "weight_decay": Family(float, False, _between(0.0, 1.0), "L2 coefficient"),
+    "lr_schedule": Family(
+        str, False, _one_of(SCHEDULES), "step (StepLR, the seed's) or cosine (annealed to ~0)"
+    ),
     "lr_decay_step": Family(int, False, _between(1, 100_000), "StepLR: epochs between decays"),
     "lr_decay_gamma": Family(
         float, False, _between(0.0, 1.0, lo_open=True), "StepLR: factor at each decay"
     ),
     "batch_size": Family(int, False, _between(1, 65536), "training batch size"),
+    "crop_min": Family(
+        float,
+        False,
+        _between(0.0, 1.0, lo_open=True),
+        "random-resized-crop: smallest area fraction (1.0: flips only; default train.crop_scale)",
+    ),
 }
 
 # The seed's hand-tuned CNN (GUIDE section 1): 3x3 conv blocks of 32/64/128 channels with ReLU
@@ -182,7 +198,9 @@ BASELINE: dict[str, Scalar] = {
     "weight_decay": 1e-4,
     "lr_decay_step": 10,
     "lr_decay_gamma": 0.9,
+    "lr_schedule": "step",
     "batch_size": 32,
+    "crop_min": 0.35,  # the seed's random-resized-crop, as train.crop_scale's default [0.35, 1]
 }
 BASELINE_PER_BLOCK: dict[str, Callable[[int], int]] = {
     "channels": lambda i: 32 * 2 ** (i - 1),
@@ -248,6 +266,8 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
 
     def get(family: str, name: str) -> Scalar:
         spec: ParamSpec | None = search.space.get(family)
+        if spec is None and family in FROM_TRAIN_CONFIG:
+            return None  # type: ignore[return-value]  # to_trial_spec reads the train section
         if isinstance(spec, PerOptimizer):
             spec = spec.spec_for(str(values["optimizer"]))
         if grid is not None:
@@ -267,7 +287,9 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
     for family, fam in FAMILIES.items():
         if family == "n_blocks":
             continue
-        if not fam.per_block:
+        if family in STEP_ONLY and values.get("lr_schedule") == "cosine":
+            values[family] = baseline_value(family)  # unused by a cosine schedule: not drawn
+        elif not fam.per_block:
             values[family] = get(family, family)
         elif grid is not None and family in grid:
             shared = get(family, family)  # one grid axis shared by every block
@@ -292,7 +314,8 @@ def seed_spec(
     source, so that no script retypes it."""
     n = int(BASELINE["n_blocks"])
     per_block = {f: tuple(v(i) for i in range(1, n + 1)) for f, v in BASELINE_PER_BLOCK.items()}
-    return _trial_spec({**BASELINE, **per_block}, epochs, seed, crop_scale, flip)
+    values = {**BASELINE, **per_block, "crop_min": None}  # the crop is the crop_scale argument
+    return _trial_spec(values, epochs, seed, crop_scale, flip)
 
 
 def _trial_spec(
@@ -302,6 +325,9 @@ def _trial_spec(
     crop_scale: tuple[float, float],
     flip: bool,
 ) -> TrialSpec:
+    lo = values.get("crop_min")
+    if lo is not None:  # a searched crop: from crop_min to train.crop_scale's max (or crop_min)
+        crop_scale = (float(lo), max(float(lo), crop_scale[1]))
     return TrialSpec(
         arch=ArchSpec(
             channels=tuple(int(c) for c in values["channels"]),
@@ -320,6 +346,7 @@ def _trial_spec(
             momentum=float(values["momentum"]),
             lr_decay_step=int(values["lr_decay_step"]),
             lr_decay_gamma=float(values["lr_decay_gamma"]),
+            lr_schedule=str(values.get("lr_schedule", "step")),
         ),
         batch_size=int(values["batch_size"]),
         epochs=epochs,
@@ -358,7 +385,7 @@ def baseline_params(search: SearchConfig) -> dict[str, Scalar]:
 # whole (the baseline's lr with another optimizer would be a rate that optimizer never asked for).
 _UNITS: tuple[tuple[str, ...], ...] = (
     ("optimizer", "lr", "momentum", "weight_decay"),
-    ("lr_decay_step", "lr_decay_gamma"),
+    ("lr_schedule", "lr_decay_step", "lr_decay_gamma"),
 )
 
 

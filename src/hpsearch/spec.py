@@ -31,8 +31,9 @@ class ArchSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimSpec:
-    """Optimizer and learning-rate schedule (StepLR: every ``lr_decay_step`` epochs the rate is
-    multiplied by ``lr_decay_gamma``)."""
+    """Optimizer and learning-rate schedule: ``step`` (the seed's StepLR: every ``lr_decay_step``
+    epochs the rate is multiplied by ``lr_decay_gamma``) or ``cosine`` (annealed from ``lr``
+    towards 0 over the trial's epochs, one step an epoch; the StepLR fields are unused)."""
 
     optimizer: str  # sgd | adam | adamw | rmsprop
     lr: float
@@ -40,6 +41,7 @@ class OptimSpec:
     momentum: float  # SGD and RMSprop only
     lr_decay_step: int  # epochs
     lr_decay_gamma: float
+    lr_schedule: str = "step"  # step | cosine
 
 
 @dataclass(frozen=True, kw_only=True)

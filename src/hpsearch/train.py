@@ -143,6 +143,16 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {o.optimizer!r}")
 
 
+def make_scheduler(
+    opt: torch.optim.Optimizer, o: OptimSpec, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule: the seed's StepLR, or cosine annealing over the
+    trial's ``epochs`` (epoch e of E trains at ``lr * (1 + cos(pi * (e - 1) / E)) / 2``)."""
+    if o.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_step, gamma=o.lr_decay_gamma)
+
+
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -196,9 +206,7 @@ def fit(
     model = build_model(spec.arch, len(data.classes), data.image_size)
     model = model.to(dev).to(memory_format=torch.channels_last)
     opt = make_optimizer(list(model.parameters()), spec.optim, dev)
-    sched = torch.optim.lr_scheduler.StepLR(
-        opt, step_size=spec.optim.lr_decay_step, gamma=spec.optim.lr_decay_gamma
-    )
+    sched = make_scheduler(opt, spec.optim, spec.epochs)
     norm = Normalizer(dev)
     n = len(data.train_labels)
     bs = min(spec.batch_size, n)
