@@ -41,7 +41,7 @@ def artifacts_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _results_args(p: argparse.ArgumentParser, study_required: bool = True) -> None:
+def results_args(p: argparse.ArgumentParser, study_required: bool = True) -> None:
     """What every results command takes: which study, in which storage, with which artifacts."""
     p.add_argument(
         "--study",
@@ -88,7 +88,7 @@ def _whole_number(text: str, lowest: int) -> int:
     return value
 
 
-def _trial_number(text: str) -> int:
+def trial_number(text: str) -> int:
     """argparse type: a trial number (0 or more)."""
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}")
@@ -117,7 +117,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     dash = sub.add_parser(
         "dashboard", help="optuna-dashboard on the study's storage", formatter_class=fmt
     )
-    _results_args(dash, study_required=False)
+    results_args(dash, study_required=False)
     dash.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
@@ -129,14 +129,14 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="trials by state, best trial, trials per hour, time left for the budget",
         formatter_class=fmt,
     )
-    _results_args(status)
+    results_args(status)
     status.set_defaults(func=cmd_status)
 
     best = sub.add_parser(
         "best", help="the best trial: value, parameters (YAML), checkpoint", formatter_class=fmt
     )
-    _results_args(best)
-    _confirmed_arg(best)
+    results_args(best)
+    confirmed_arg(best)
     best.set_defaults(func=cmd_best)
 
     trials = sub.add_parser(
@@ -144,7 +144,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="every trial as CSV: parameters, value, state, durations, user attributes",
         formatter_class=fmt,
     )
-    _results_args(trials)
+    results_args(trials)
     trials.add_argument("--csv", required=True, metavar="FILE", help="output file (- for stdout)")
     trials.set_defaults(func=cmd_trials)
 
@@ -153,7 +153,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="the best (or a given) trial's model as TorchScript or ONNX, preprocessing built in",
         formatter_class=fmt,
     )
-    _results_args(export)
+    results_args(export)
     export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     export.add_argument("--output", required=True, metavar="FILE", help="file to write")
     _trial_arg(export)
@@ -162,7 +162,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     predict = sub.add_parser(
         "predict", help="label and probability for image files", formatter_class=fmt
     )
-    _results_args(predict)
+    results_args(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size)")
     _trial_arg(predict)
     _device_arg(predict)
@@ -173,7 +173,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="accuracy, per-class accuracy and confusion matrix on an ImageFolder directory",
         formatter_class=fmt,
     )
-    _results_args(evaluate)
+    results_args(evaluate)
     evaluate.add_argument(
         "--data",
         required=True,
@@ -187,7 +187,7 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
     report = sub.add_parser(
         "report", help="PNG plots and a markdown summary of the study", formatter_class=fmt
     )
-    _results_args(report)
+    results_args(report)
     report.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     report.set_defaults(func=cmd_report)
 
@@ -195,15 +195,15 @@ def add_results_commands(sub: argparse._SubParsersAction[Any]) -> None:
 def _trial_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trial",
-        type=_trial_number,
+        type=trial_number,
         default=None,
         metavar="N",
         help="a trial number (default: the best completed trial)",
     )
-    _confirmed_arg(p)
+    confirmed_arg(p)
 
 
-def _confirmed_arg(p: argparse.ArgumentParser) -> None:
+def confirmed_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--confirmed",
         action="store_true",
@@ -215,7 +215,7 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
-def _open(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
+def open_for(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
     """(study, storage URL, artifact directory) for a results command."""
     from hpsearch.results import open_existing, study_name
     from hpsearch.study import artifacts_dir, storage_url
@@ -228,12 +228,12 @@ def _open(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
 def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, str]:
     """The checkpoint of ``--trial`` (default: the best completed trial), or with
     ``--confirmed`` the confirmed winner's; and how to name it in a message."""
-    study, _, store = _open(args)
-    _, ckpt, label = _chosen(study, store, args)
+    study, _, store = open_for(args)
+    _, ckpt, label = chosen(study, store, args)
     return ckpt, label
 
 
-def _chosen(
+def chosen(
     study: optuna.Study, store: Path, args: argparse.Namespace
 ) -> tuple[optuna.trial.FrozenTrial, Checkpoint, str]:
     """The trial ``--trial``/``--confirmed`` names, its checkpoint, and how to name it."""
@@ -257,7 +257,7 @@ def _chosen(
     return trial, ckpt, f"trial {ckpt.trial} (val_accuracy {ckpt.value:.4f})"
 
 
-def _device(name: str) -> torch.device:
+def chosen_device(name: str) -> torch.device:
     import torch
 
     from hpsearch.errors import ConfigError
@@ -307,7 +307,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from hpsearch.results import status_text
 
-    study, url, _ = _open(args)
+    study, url, _ = open_for(args)
     print(status_text(study, url))
     return 0
 
@@ -315,7 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch.results import best_text
 
-    study, _, store = _open(args)
+    study, _, store = open_for(args)
     print(best_text(study, store, confirmed=args.confirmed))
     return 0
 
@@ -323,7 +323,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from hpsearch.results import write_trials_csv
 
-    study, _, _ = _open(args)
+    study, _, _ = open_for(args)
     rows, cols = write_trials_csv(study, args.csv)
     if args.csv != "-":
         print(f"wrote {rows} trials ({cols} columns) to {args.csv}")
@@ -349,7 +349,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hpsearch.inference import predict
 
     ckpt, _ = _checkpoint(args)
-    for p in predict(ckpt, args.images, _device(args.device)):
+    for p in predict(ckpt, args.images, chosen_device(args.device)):
         print(f"{p.path}: {p.label} {p.probability:.4f}")
     return 0
 
@@ -358,7 +358,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hpsearch.inference import evaluate
 
     ckpt, label = _checkpoint(args)
-    result = evaluate(ckpt, Path(args.data), _device(args.device))
+    result = evaluate(ckpt, Path(args.data), chosen_device(args.device))
     where = "" if args.confirmed else " in the search"
     print(f"{label[:-1]}{where}), {ckpt.image_size}px")
     print(result.text())
@@ -368,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from hpsearch.report import write_report
 
-    study, _, _ = _open(args)
+    study, _, _ = open_for(args)
     out = Path(args.output).expanduser()
     files = write_report(study, out)
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")

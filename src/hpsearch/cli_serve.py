@@ -7,20 +7,20 @@ from typing import Any
 
 from hpsearch.cli_results import (
     HelpFormatter,
-    _chosen,
-    _confirmed_arg,
-    _device,
-    _open,
-    _results_args,
-    _trial_number,
     any_port,
+    chosen,
+    chosen_device,
+    confirmed_arg,
+    open_for,
     positive_int,
+    results_args,
+    trial_number,
 )
 
 
 def _best_or_number(text: str) -> int | None:
     """argparse type: ``best`` (None) or a trial number."""
-    return None if text == "best" else _trial_number(text)
+    return None if text == "best" else trial_number(text)
 
 
 def _positive_float(text: str) -> float:
@@ -49,7 +49,7 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
         help="serve a trial's model over HTTP: POST /predict, GET /model, GET /health, a page at /",
         formatter_class=HelpFormatter,
     )
-    _results_args(p)
+    results_args(p)
     p.add_argument(
         "--trial",
         type=_best_or_number,
@@ -58,7 +58,7 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
         help="the trial whose checkpoint answers: the best completed one (within the study's "
         "deployment budget, if it has one), or its number",
     )
-    _confirmed_arg(p)
+    confirmed_arg(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
@@ -95,9 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hpsearch.serve import Limits, Model, create_app, listen, model_info, run
     from hpsearch.study import mask_url
 
-    study, url, store = _open(args)
-    trial, ckpt, _ = _chosen(study, store, args)
-    model = Model(ckpt, _device(args.device))
+    study, url, store = open_for(args)
+    trial, ckpt, _ = chosen(study, store, args)
+    model = Model(ckpt, chosen_device(args.device))
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_batch=args.max_batch,
