@@ -117,14 +117,14 @@ def test_ctrl_c_on_the_launcher_reruns_every_worker_trial_once(workdir: Path) ->
         "--workers",
         "2",
         "--set",
-        "train.epochs=6",
+        "train.epochs=30",  # as above: at 6 epochs one worker could finish before the signal
         *TINY,
     ]
     proc = start(args, workdir)
     assert proc.stdout is not None
     running: set[str] = set()
     for line in proc.stdout:  # until both workers are inside a trial
-        if "epoch 1/6" in line:
+        if "epoch 1/30" in line:
             running.add(line.split()[0])
         if len(running) == 2:
             break
