@@ -29,6 +29,7 @@ Arms are ``NAME=SAMPLER/PRUNER`` with an optional ``@STUDY`` (a study name or fi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.cli_results import positive_int
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
 from hpsearch.data import DeviceData, load_data
 from hpsearch.errors import HpsearchError
@@ -363,16 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help=f"NAME=SAMPLER/PRUNER[@STUDY], repeatable (default: {' '.join(DEFAULT_ARMS)})",
     )
-    ap.add_argument("--repeats", type=int, default=3, help="seeds per arm (default: 3)")
-    ap.add_argument("--trials", type=int, default=20, help="trials per search (default: 20)")
-    ap.add_argument("--epochs", type=int, default=5, help="train.epochs (default: 5)")
-    ap.add_argument("--image-size", type=int, default=32, help="data.image_size (default: 32)")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="seeds per arm (default: 3)")
     ap.add_argument(
-        "--per-class", type=int, default=1500, help="training images per class (default: 1500)"
+        "--trials", type=positive_int, default=20, help="trials per search (default: 20)"
+    )
+    ap.add_argument("--epochs", type=positive_int, default=5, help="train.epochs (default: 5)")
+    ap.add_argument(
+        "--image-size", type=positive_int, default=32, help="data.image_size (default: 32)"
+    )
+    ap.add_argument(
+        "--per-class",
+        type=positive_int,
+        default=1500,
+        help="training images per class (default: 1500)",
     )
     ap.add_argument(
         "--val-per-class",
-        type=int,
+        type=positive_int,
         default=1000,
         help="validation images per class (default: 1000)",
     )
@@ -390,8 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("arm names must differ")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        lock = (args.out / ".running").open("w")  # held until the process exits
     except OSError as e:
         raise SystemExit(f"--out {args.out}: {e.strerror}") from None
+    try:  # a second run into the same folder would add trials to the same studies
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"--out {args.out}: another search_quality run is using it") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     os.chdir(REPO)  # study files such as bench/catdog_v0.yaml are relative to the repository
 
