@@ -132,6 +132,7 @@ def run_search(
     repeat: int,
     trials: int,
     log: bool,
+    retrain_cache: dict[str, float],
 ) -> SearchResult:
     name = f"{arm.name}-r{repeat}"
     study = open_study(cfg, storage, name)
@@ -183,7 +184,11 @@ def run_search(
         # a seed no trial of this study used: the configuration is judged, not its lucky draw
         seed = trial_seed(cfg.search.seed + 7_919, best.number)
         spec = to_trial_spec(values, cfg, seed)
-        retrained = fit(spec, data, None, cfg.train.eval_batch_size).val_accuracy
+        # arms of one repeat share their seed and often their winner: the same spec trains once
+        key = repr((spec, cfg.train.eval_batch_size))
+        if key not in retrain_cache:
+            retrain_cache[key] = fit(spec, data, None, cfg.train.eval_batch_size).val_accuracy
+        retrained = retrain_cache[key]
     return SearchResult(
         arm=arm.name,
         repeat=repeat,
@@ -431,12 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: list[SearchResult] = []
+    retrain_cache: dict[str, float] = {}
     for r in range(args.repeats):  # interleaved: machine noise hits every arm alike
         for arm in arms:
             cfg = configs[(arm.name, r)]
             if cfg.data != first.data:
                 raise SystemExit(f"arm {arm.name}: its data section differs from the first arm's")
-            res = run_search(arm, cfg, data, storage, r, args.trials, not args.quiet)
+            res = run_search(arm, cfg, data, storage, r, args.trials, not args.quiet, retrain_cache)
             results.append(res)
             print(
                 f"{arm.name} repeat {r}: best {res.best} (trial {res.best_trial}), retrained "
