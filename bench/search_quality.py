@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[SearchResult] = []
     retrain_cache: dict[str, float] = {}
+    meta = {"args": {k: str(v) for k, v in vars(args).items()}}
     for r in range(args.repeats):  # interleaved: machine noise hits every arm alike
         for arm in arms:
             cfg = configs[(arm.name, r)]
@@ -449,28 +450,44 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res.retrained}, {res.epochs} epochs, {res.seconds:.0f}s, {res.states}",
                 flush=True,
             )
-    report(results, arms, args.out, {"args": {k: str(v) for k, v in vars(args).items()}})
+        if r + 1 < args.repeats:  # a run stopped later still leaves the repeats it finished
+            report(results, arms, args.out, meta, done=r + 1)
+    report(results, arms, args.out, meta)
     print(f"whole benchmark: {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
 
-def report(results: list[SearchResult], arms: list[Arm], out: Path, meta: dict[str, Any]) -> None:
-    """Print and write the table, the comparisons, the plot and the JSON."""
+def report(
+    results: list[SearchResult],
+    arms: list[Arm],
+    out: Path,
+    meta: dict[str, Any],
+    done: int | None = None,
+) -> None:
+    """Print and write the table, the comparisons, the plot and the JSON; with ``done``, those
+    of the first ``done`` repeats only, written without printing the table."""
     baselines = [r.baseline for r in results if r.baseline is not None and r.arm == arms[0].name]
     reference = statistics.fmean(baselines) if baselines else None
     md = table(results, arms, reference) + "\n\n" + comparisons(results, arms, reference)
-    print()
-    print(md)
+    if done is not None:
+        md = f"Partial: the first {done} of {meta['args']['repeats']} repeats.\n\n" + md
+    else:
+        print()
+        print(md)
     (out / "results.md").write_text(md + "\n")
     doc = {
         **meta,
+        "repeats_done": done if done is not None else len({r.repeat for r in results}),
         "arms": [arm_text(a) for a in arms],
         "baseline_mean": reference,
         "results": [r.__dict__ for r in results],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     plot(results, arms, reference, out / "best_vs_epochs.png")
-    print(f"\nwrote {out}/results.md, results.json, best_vs_epochs.png")
+    if done is not None:
+        print(f"results of repeats 0-{done - 1} so far: {out}/results.md", flush=True)
+    else:
+        print(f"\nwrote {out}/results.md, results.json, best_vs_epochs.png")
 
 
 def arm_text(arm: Arm) -> str:
@@ -494,7 +511,10 @@ def replot(folder: Path, arm_texts: list[str] | None) -> int:
         for t in r["trials"]:  # runs before best_epoch_value was recorded: the final value
             t.setdefault("best_epoch_value", t["value"])
         results.append(SearchResult(**r))
-    report(results, arms, folder, {k: v for k, v in doc.items() if k == "args"})
+    meta = {k: v for k, v in doc.items() if k == "args"}
+    done = doc.get("repeats_done")  # a partial run's JSON stays partial
+    partial = "args" in meta and done is not None and str(done) != meta["args"].get("repeats")
+    report(results, arms, folder, meta, done=done if partial else None)
     return 0
 
 

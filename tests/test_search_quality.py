@@ -73,6 +73,22 @@ def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Pat
     assert again.returncode == 0, again.stderr
     assert (out / "results.md").read_text() == table
     assert (out / "best_vs_epochs.png").exists()
+    # after each repeat but the last, the table so far is written: a run stopped later keeps it
+    lines = r.stdout.splitlines()
+    written = lines.index(f"results of repeats 0-0 so far: {out}/results.md")
+    assert written < min(i for i, line in enumerate(lines) if " repeat 1: best" in line)
+    assert doc["repeats_done"] == 2 and not table.startswith("Partial")
+    # such a partial JSON redraws as partial
+    doc["results"] = [x for x in results if x["repeat"] == 0]
+    doc["repeats_done"] = 1
+    (out / "results.json").write_text(json.dumps(doc))
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--replot", str(out)], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    partial = (out / "results.md").read_text()
+    assert partial.startswith("Partial: the first 1 of 2 repeats.")
+    assert "| tpe |" in partial and partial != table
 
 
 @pytest.mark.parametrize(
