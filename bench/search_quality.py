@@ -436,8 +436,41 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: list[SearchResult] = []
+    meta: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    progress = {"written": 0}  # repeats whose report is written
+    try:
+        run_all(args, arms, configs, first, data, storage, results, meta, progress)
+    except KeyboardInterrupt:
+        written = progress["written"]
+        where = (
+            f"the results of repeats 0-{written - 1} are in {args.out}/results.md"
+            if written
+            else "no repeat finished"
+        )
+        print(
+            f"\nsearch_quality: interrupted; {where}; the same command continues where it stopped",
+            file=sys.stderr,
+        )
+        return 130
+    report(results, arms, args.out, meta)
+    print(f"whole benchmark: {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+def run_all(
+    args: argparse.Namespace,
+    arms: list[Arm],
+    configs: dict[tuple[str, int], StudyConfig],
+    first: StudyConfig,
+    data: DeviceData,
+    storage: optuna.storages.BaseStorage,
+    results: list[SearchResult],
+    meta: dict[str, Any],
+    progress: dict[str, int],
+) -> None:
+    """Every arm's repeats, interleaved, appending to ``results``; after each repeat but the
+    last, the report of the repeats so far."""
     retrain_cache: dict[str, float] = {}
-    meta = {"args": {k: str(v) for k, v in vars(args).items()}}
     for r in range(args.repeats):  # interleaved: machine noise hits every arm alike
         for arm in arms:
             cfg = configs[(arm.name, r)]
@@ -452,9 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if r + 1 < args.repeats:  # a run stopped later still leaves the repeats it finished
             report(results, arms, args.out, meta, done=r + 1)
-    report(results, arms, args.out, meta)
-    print(f"whole benchmark: {(time.perf_counter() - t0) / 60:.1f} min")
-    return 0
+            progress["written"] = r + 1  # before the line: a Ctrl-C after it finds it set
+            print(f"results of repeats 0-{r} so far: {args.out}/results.md", flush=True)
 
 
 def report(
@@ -484,9 +516,7 @@ def report(
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     plot(results, arms, reference, out / "best_vs_epochs.png")
-    if done is not None:
-        print(f"results of repeats 0-{done - 1} so far: {out}/results.md", flush=True)
-    else:
+    if done is None:
         print(f"\nwrote {out}/results.md, results.json, best_vs_epochs.png")
 
 

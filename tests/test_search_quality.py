@@ -4,6 +4,7 @@ searches, every output file."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,38 @@ def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Pat
     partial = (out / "results.md").read_text()
     assert partial.startswith("Partial: the first 1 of 2 repeats.")
     assert "| tpe |" in partial and partial != table
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_repeats_and_the_same_command_continues(
+    tmp_path: Path, data_root: Path
+) -> None:
+    out = tmp_path / "sq"
+    args = [sys.executable, str(SCRIPT), "--data", str(data_root), "--arm", "a=tpe/median"]
+    args += ["--repeats", "3", "--trials", "3", "--epochs", "2", "--image-size", "32"]
+    args += ["--per-class", "20", "--val-per-class", "10", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # stop it once repeat 0's table is written, inside repeat 1
+        if line.startswith("results of repeats 0-0 so far"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == [
+        f"search_quality: interrupted; the results of repeats 0-0 are in {out}/results.md; "
+        "the same command continues where it stopped"
+    ]
+    assert (out / "results.md").read_text().startswith("Partial: the first 1 of 3 repeats.")
+    assert json.loads((out / "results.json").read_text())["repeats_done"] == 1
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["repeats_done"] == 3 and [x["repeat"] for x in doc["results"]] == [0, 1, 2]
+    for x in doc["results"]:  # each search reached its budget of finished trials
+        finished = x["states"].get("complete", 0) + x["states"].get("pruned", 0)
+        assert finished == 3
+    assert not (out / "results.md").read_text().startswith("Partial")
 
 
 @pytest.mark.parametrize(
