@@ -114,9 +114,16 @@ def test_samplers(workdir: Path, sampler: str) -> None:
     assert len(finished(load(workdir))) == 3
 
 
-@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
-def test_pruners(workdir: Path, pruner: str) -> None:
-    r = hpsearch(["run", "--study", "smoke", "--trials", "3", "--pruner", pruner, *TINY], workdir)
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        ["--pruner", "successive_halving"],
+        ["--pruner", "hyperband"],
+        ["--set", "search.pruner={name: percentile, percentile: 40, n_startup_trials: 1}"],
+    ],
+)
+def test_pruners(workdir: Path, pruner: list[str]) -> None:
+    r = hpsearch(["run", "--study", "smoke", "--trials", "3", *pruner, *TINY], workdir)
     assert r.returncode == 0, r.stderr
     assert len(finished(load(workdir))) == 3
 

@@ -251,6 +251,7 @@ def test_a_600_character_study_name_on_postgresql_is_one_line(
         (["--set", "data.root=NOVAL"], "noval/val does not exist"),
         (["--set", "search.sampler={name: tpe, bogus: 1}"], "bogus"),
         (["--set", "search.pruner={name: median, n_startup_trials: -1}"], "search.pruner"),
+        (["--set", "search.pruner=percentile"], "the share of trials kept at each epoch"),
     ],
 )
 def test_a_run_that_fails_validation_writes_no_database(

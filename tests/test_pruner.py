@@ -13,7 +13,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.config import load_study
+from hpsearch.config import load_study, parse_set
 from hpsearch.study import make_pruner
 
 DIST = {"x": FloatDistribution(0.0, 1.0)}
@@ -42,7 +42,7 @@ def study_with(tmp_path: Path, finished: list[tuple[TrialState, dict[int, float]
 def pruned_after_epoch_1(study: optuna.Study, accuracy: float) -> bool:
     trial = study.ask(DIST)
     trial.report(accuracy, 1)  # hpsearch reports epoch k as step k
-    return trial.should_prune()
+    return bool(trial.should_prune())
 
 
 def test_two_finished_trials_do_not_stop_a_slow_starter(tmp_path: Path) -> None:
@@ -66,3 +66,27 @@ def test_after_five_finished_trials_chance_level_is_stopped_and_the_top_half_run
     study = study_with(tmp_path, [(TrialState.COMPLETE, c) for c in curves])
     assert pruned_after_epoch_1(study, 0.50)
     assert not pruned_after_epoch_1(study, 0.60)  # above the median of 0.59 after one epoch
+
+
+def test_a_percentile_pruner_keeps_the_share_it_is_given(tmp_path: Path) -> None:
+    step_1 = [0.50, 0.60, 0.65, 0.70, 0.75]  # five finished trials after one epoch
+    for keep, stopped in ((50, False), (40, True)):
+        study = optuna.create_study(
+            storage=f"sqlite:///{tmp_path / f'keep{keep}.db'}",
+            direction="maximize",
+            pruner=make_pruner(
+                load_study(
+                    "catdog",
+                    [parse_set(f"search.pruner={{name: percentile, percentile: {keep}}}")],
+                )
+            ),
+        )
+        for v in step_1:
+            curve = {1: v, 2: v + 0.01}
+            study.add_trial(
+                create_trial(
+                    value=curve[2], params={"x": 0.5}, distributions=DIST, intermediate_values=curve
+                )
+            )
+        # 0.66 is above the median (0.65) but below the best 40% (the 60th percentile, 0.67)
+        assert pruned_after_epoch_1(study, 0.66) is stopped

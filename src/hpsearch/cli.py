@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pruner",
         default=None,
-        help="override search.pruner: median, "
-        "successive_halving, hyperband, none (default: the study file's)",
+        help="override search.pruner: median, percentile (with --set "
+        "'search.pruner={name: percentile, percentile: 40}'), successive_halving, hyperband, "
+        "none (default: the study file's)",
     )
     _worker_args(run)
     artifacts_arg(run)

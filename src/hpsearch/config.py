@@ -39,7 +39,7 @@ from hpsearch.space import (
 )
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 # what a trial can be judged on, and which way is better; the first objective is always accuracy
 OBJECTIVES = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize"}
 DEVICES = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")

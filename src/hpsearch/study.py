@@ -253,6 +253,13 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     pruners = optuna.pruners
     if p.name == "median":
         return _construct(pruners.MedianPruner, p, {"n_startup_trials": 5, "n_warmup_steps": 0})
+    if p.name == "percentile":
+        if "percentile" not in p.options:
+            raise ConfigError(
+                "search.pruner: percentile: give the share of trials kept at each epoch, "
+                "e.g. {name: percentile, percentile: 40}"
+            )
+        return _construct(pruners.PercentilePruner, p, {"n_startup_trials": 5, "n_warmup_steps": 0})
     if p.name == "successive_halving":
         return _construct(
             pruners.SuccessiveHalvingPruner, p, {"min_resource": 1, "reduction_factor": 3}
