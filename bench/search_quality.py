@@ -43,6 +43,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch import optuna_private
 from hpsearch.cli_results import positive_int
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
 from hpsearch.data import DeviceData, load_data
@@ -50,6 +51,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.objective import TrialOutOfMemory, make_objective
 from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
 from hpsearch.study import open_storage, open_study
+from hpsearch.study_state import BASELINE_ATTR, NEAR_BASELINE_ATTR, SEED_ATTR
 from hpsearch.train import fit, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +139,13 @@ def run_search(
     name = f"{arm.name}-r{repeat}"
     study = open_study(cfg, storage, name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)  # left by a killed run: resume without it
+        # left by a killed run: failed, and run again with its parameters and seed (the seed
+        # baseline above all: without it the repeat has no reference)
+        study.tell(t.number, state=TrialState.FAIL)
+        keep = (BASELINE_ATTR, NEAR_BASELINE_ATTR, SEED_ATTR)
+        attrs = {k: v for k, v in t.user_attrs.items() if k in keep}
+        params = {**t.system_attrs.get(optuna_private.FIXED_PARAMS, {}), **t.params}
+        study.enqueue_trial(params, user_attrs=attrs)
     done = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
     t0 = time.perf_counter()
 
@@ -165,9 +173,9 @@ def run_search(
     )
     complete = [t for t in all_trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(complete, key=lambda t: t.value or 0.0, default=None)
-    baseline = None
-    if all_trials and all_trials[0].user_attrs.get("baseline") and all_trials[0].value is not None:
-        baseline = all_trials[0].value
+    baseline = next(  # the seed baseline's run that finished (a killed one is run again)
+        (t.value for t in complete if t.user_attrs.get(BASELINE_ATTR)), None
+    )
     curve: list[tuple[int, float]] = []
     spent, best_so_far = 0, 0.0
     for t in all_trials:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,34 @@ def test_ctrl_c_keeps_the_finished_repeats_and_the_same_command_continues(
     for x in doc["results"]:  # each search reached its budget of finished trials
         finished = x["states"].get("complete", 0) + x["states"].get("pruned", 0)
         assert finished == 3
+        assert x["baseline"] is not None
     assert not (out / "results.md").read_text().startswith("Partial")
+
+
+@pytest.mark.slow
+def test_trials_a_killed_run_left_running_run_again_the_seed_baseline_first(
+    tmp_path: Path, data_root: Path
+) -> None:
+    out = tmp_path / "sq"
+    args = [sys.executable, str(SCRIPT), "--data", str(data_root), "--arm", "a=tpe/median"]
+    args += ["--repeats", "1", "--trials", "2", "--epochs", "1", "--image-size", "32"]
+    args += ["--per-class", "20", "--val-per-class", "10", "--quiet", "--out", str(out)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((out / "results.json").read_text())["results"][0]["trials"]
+    # as a kill -9 leaves them: both trials RUNNING, no value
+    with sqlite3.connect(out / "studies.db") as db:
+        ids = [i for (i,) in db.execute("SELECT trial_id FROM trials")]
+        db.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL")
+        db.execute(f"DELETE FROM trial_values WHERE trial_id IN ({','.join(map(str, ids))})")
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    x = json.loads((out / "results.json").read_text())["results"][0]
+    assert x["states"] == {"fail": 2, "complete": 2}
+    runs = {t["number"]: t for t in x["trials"]}
+    assert runs[2]["params"] == before[0]["params"]  # the seed baseline, run again first
+    assert runs[3]["params"] == before[1]["params"]
+    assert x["baseline"] is not None
 
 
 @pytest.mark.parametrize(
