@@ -25,6 +25,17 @@ def bench(args: list[str], data_root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def one_arm_toy(
+    data_root: Path, tmp_path: Path, *, repeats: int, trials: int, epochs: int
+) -> tuple[Path, list[str]]:
+    """The output folder and command line of a toy benchmark with one arm (TPE, median)."""
+    out = tmp_path / "sq"
+    args = [sys.executable, str(SCRIPT), "--data", str(data_root), "--arm", "a=tpe/median"]
+    args += ["--repeats", str(repeats), "--trials", str(trials), "--epochs", str(epochs)]
+    args += ["--image-size", "32", "--per-class", "20", "--val-per-class", "10", "--quiet"]
+    return out, [*args, "--out", str(out)]
+
+
 @pytest.mark.slow
 def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Path) -> None:
     out = tmp_path / "sq"
@@ -97,10 +108,7 @@ def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Pat
 def test_ctrl_c_keeps_the_finished_repeats_and_the_same_command_continues(
     tmp_path: Path, data_root: Path
 ) -> None:
-    out = tmp_path / "sq"
-    args = [sys.executable, str(SCRIPT), "--data", str(data_root), "--arm", "a=tpe/median"]
-    args += ["--repeats", "3", "--trials", "3", "--epochs", "2", "--image-size", "32"]
-    args += ["--per-class", "20", "--val-per-class", "10", "--quiet", "--out", str(out)]
+    out, args = one_arm_toy(data_root, tmp_path, repeats=3, trials=3, epochs=2)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:  # stop it once repeat 0's table is written, inside repeat 1
@@ -130,10 +138,7 @@ def test_ctrl_c_keeps_the_finished_repeats_and_the_same_command_continues(
 def test_trials_a_killed_run_left_running_run_again_the_seed_baseline_first(
     tmp_path: Path, data_root: Path
 ) -> None:
-    out = tmp_path / "sq"
-    args = [sys.executable, str(SCRIPT), "--data", str(data_root), "--arm", "a=tpe/median"]
-    args += ["--repeats", "1", "--trials", "2", "--epochs", "1", "--image-size", "32"]
-    args += ["--per-class", "20", "--val-per-class", "10", "--quiet", "--out", str(out)]
+    out, args = one_arm_toy(data_root, tmp_path, repeats=1, trials=2, epochs=1)
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     before = json.loads((out / "results.json").read_text())["results"][0]["trials"]
