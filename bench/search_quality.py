@@ -51,8 +51,9 @@ from hpsearch.errors import HpsearchError
 from hpsearch.objective import TrialOutOfMemory, make_objective
 from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
 from hpsearch.study import open_storage, open_study
-from hpsearch.study_state import BASELINE_ATTR, NEAR_BASELINE_ATTR, SEED_ATTR
+from hpsearch.study_state import BASELINE_ATTR, FAIL_REASON_ATTR, STOPPED_PREFIX
 from hpsearch.train import fit, resolve_device
+from hpsearch.workers import requeue_interrupted, reruns_first
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.52  # a validation accuracy no better than guessing on two balanced classes
@@ -138,14 +139,16 @@ def run_search(
 ) -> SearchResult:
     name = f"{arm.name}-r{repeat}"
     study = open_study(cfg, storage, name)
+    storage_ = optuna_private.storage_of(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # left by a killed run: failed, and run again with its parameters and seed (the seed
-        # baseline above all: without it the repeat has no reference)
+        # left by a killed run: marked as a Ctrl-C'd trial is, so that hpsearch's own re-run
+        # (below) runs it again with its parameters and seed, the seed baseline above all
+        storage_.set_trial_user_attr(
+            optuna_private.trial_id(t), FAIL_REASON_ATTR, f"{STOPPED_PREFIX}killed"
+        )
         study.tell(t.number, state=TrialState.FAIL)
-        keep = (BASELINE_ATTR, NEAR_BASELINE_ATTR, SEED_ATTR)
-        attrs = {k: v for k, v in t.user_attrs.items() if k in keep}
-        params = {**t.system_attrs.get(optuna_private.FIXED_PARAMS, {}), **t.params}
-        study.enqueue_trial(params, user_attrs=attrs)
+    requeue_interrupted(study)
+    reruns_first(study)
     done = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
     t0 = time.perf_counter()
 
