@@ -392,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--per-class",
         type=positive_int,
-        default=1500,
-        help="training images per class (default: 1500)",
+        default=1200,
+        help="training images per class (default: 1200)",
     )
     ap.add_argument(
         "--val-per-class",
@@ -482,6 +482,7 @@ def run_all(
     """Every arm's repeats, interleaved, appending to ``results``; after each repeat but the
     last, the report of the repeats so far."""
     retrain_cache: dict[str, float] = {}
+    started = time.perf_counter()
     for r in range(args.repeats):  # interleaved: machine noise hits every arm alike
         for arm in arms:
             cfg = configs[(arm.name, r)]
@@ -494,6 +495,12 @@ def run_all(
                 f"{res.retrained}, {res.epochs} epochs, {res.seconds:.0f}s, {res.states}",
                 flush=True,
             )
+        spent = (time.perf_counter() - started) / 60
+        print(  # the figure that sizes the defaults: does the whole run fit its budget here?
+            f"repeats 0-{r}: {spent:.1f} min in this run; the {args.repeats} repeats at this pace: "
+            f"about {spent / (r + 1) * args.repeats:.0f} min",
+            flush=True,
+        )
         if r + 1 < args.repeats:  # a run stopped later still leaves the repeats it finished
             report(results, arms, args.out, meta, done=r + 1)
             progress["written"] = r + 1  # before the line: a Ctrl-C after it finds it set
