@@ -33,10 +33,11 @@ import fcntl
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,15 @@ def arm_config(arm: Arm, args: argparse.Namespace, repeat_seed: int) -> StudyCon
     overrides = [Override(k, v, f"--{k}") for k, v in sets]
     overrides += [parse_set(s) for s in [*args.set, *arm.sets]]
     file_search = load_study(arm.study, overrides).search
+    for key, named, wanted in (
+        ("search.sampler", file_search.sampler, arm.sampler),
+        ("search.pruner", file_search.pruner, arm.pruner),
+    ):  # an arm's own +search.pruner={...} is not replaced by its PRUNER's default options
+        if named.name != wanted and any(s.partition("=")[0].strip() == key for s in arm.sets):
+            raise SystemExit(
+                f"--arm {arm.name}: its +{key} is {named.name!r} but the arm says {wanted!r}; "
+                f"name it {arm_text(replace(arm, **{key.split('.')[1]: named.name}))!r}"
+            )
     # like hpsearch run --sampler/--pruner: a different one replaces the file's, default options
     if arm.sampler != file_search.sampler.name:
         overrides.append(Override("search.sampler", arm.sampler, f"--arm {arm.name}"))
@@ -439,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     except HpsearchError as e:
         print(f"search_quality: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
+        print("\nsearch_quality: interrupted before the first search; nothing ran", file=sys.stderr)
+        return 130
     print(
         f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images at "
         f"{data.image_size}px on {device} (loaded in {time.perf_counter() - t0:.1f}s); "
@@ -452,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_all(args, arms, configs, first, data, storage, results, meta, progress)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
         written = progress["written"]
         where = (
             f"the results of repeats 0-{written - 1} are in {args.out}/results.md"

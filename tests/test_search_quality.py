@@ -3,6 +3,7 @@ searches, every output file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +166,11 @@ def test_trials_a_killed_run_left_running_run_again_the_seed_baseline_first(
         (["--arm", "a=tpe/median", "--arm", "a=random/none"], "arm names must differ"),
         (["--arm", "a=annealing/median"], "unknown sampler 'annealing'"),
         (["--arm", "a=tpe/median+search.bogus=1"], "search.bogus"),
+        (  # the arm's PRUNER would silently replace its own +search.pruner (it did)
+            ["--arm", "a=tpe/median+search.pruner={name: percentile, percentile: 40}"],
+            "its +search.pruner is 'percentile' but the arm says 'median'; name it "
+            "'a=tpe/percentile@catdog+search.pruner={name: percentile, percentile: 40}'",
+        ),
     ],
 )
 def test_bad_arms_are_one_line(
@@ -174,3 +181,25 @@ def test_bad_arms_are_one_line(
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_arms_own_pruner_options_reach_its_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--arm NAME=tpe/percentile+search.pruner={...} runs that pruner with those options, not the
+    named pruner's defaults (an arm meant as the percentile pruner ran the median one)."""
+    monkeypatch.chdir(REPO)  # as the benchmark does: study names resolve in the repository
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import search_quality as sq
+    from hpsearch.study import make_pruner
+
+    args = argparse.Namespace(
+        data=tmp_path, image_size=32, per_class=20, val_per_class=10, epochs=2, device="cpu", set=[]
+    )
+    spec = "p=tpe/percentile+search.pruner={name: percentile, percentile: 40, n_warmup_steps: 1}"
+    cfg = sq.arm_config(sq.parse_arm(spec, "catdog"), args, repeat_seed=1)
+    assert cfg.search.pruner.name == "percentile"
+    assert dict(cfg.search.pruner.options) == {"percentile": 40, "n_warmup_steps": 1}
+    pruner = make_pruner(cfg)
+    assert isinstance(pruner, optuna.pruners.PercentilePruner)
+    assert pruner._percentile == 40
