@@ -510,10 +510,14 @@ def run_all(
                 f"{res.retrained}, {res.epochs} epochs, {res.seconds:.0f}s, {res.states}",
                 flush=True,
             )
-        spent = (time.perf_counter() - started) / 60
-        print(  # the figure that sizes the defaults: does the whole run fit its budget here?
-            f"repeats 0-{r}: {spent:.1f} min in this run; the {args.repeats} repeats at this pace: "
-            f"about {spent / (r + 1) * args.repeats:.0f} min",
+        # the figure that sizes the defaults: does the whole run fit its budget here? From the
+        # trials' own times, so that a resumed run's estimate counts the repeats it skipped
+        searched = sum(x.seconds for x in results) / 60
+        here = (time.perf_counter() - started) / 60
+        print(
+            f"repeats 0-{r}: {searched:.1f} min of searches ({here:.1f} min in this run); "
+            f"the {args.repeats} repeats at this pace: about "
+            f"{searched / (r + 1) * args.repeats:.0f} min",
             flush=True,
         )
         if r + 1 < args.repeats:  # a run stopped later still leaves the repeats it finished

@@ -56,6 +56,7 @@ def test_toy_benchmark_writes_table_plot_and_json(tmp_path: Path, data_root: Pat
         assert f"| {name} |" in table
     assert "+search.near_baseline=0" in table
     assert table in r.stdout
+    assert "the 2 repeats at this pace: about" in r.stdout  # the figure that sizes a run
     assert (out / "best_vs_epochs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / "results.json").read_text())
     results = doc["results"]
