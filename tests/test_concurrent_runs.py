@@ -62,7 +62,9 @@ def test_a_second_run_while_one_works_adds_to_its_budget(workdir: Path) -> None:
     """The issue's case: a second run reset the target, so the first stopped short (exit 0)
     and the second claimed a trial it had not run."""
     url = sqlite_url(workdir)
-    slow = [*QUICK, "--set", "train.epochs=6"]  # still going when the second run starts
+    # still going when the second run starts: its 2 trials left must outlast the second's start
+    # (6 epochs did not on a fast machine: the first had finished when the second joined)
+    slow = [*QUICK, "--set", "train.epochs=100"]
     first = popen(["run", "--study", "smoke", "--trials", "3", *slow], workdir)
     assert first.stdout is not None
     lines = []
