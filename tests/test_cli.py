@@ -120,6 +120,9 @@ def test_samplers(workdir: Path, sampler: str) -> None:
         ["--pruner", "successive_halving"],
         ["--pruner", "hyperband"],
         ["--set", "search.pruner={name: percentile, percentile: 40, n_startup_trials: 1}"],
+        # --help's own spelling: --pruner of the name --set gives keeps --set's options (it
+        # replaced them with the defaults, and percentile has none: a one-line error)
+        ["--pruner", "percentile", "--set", "search.pruner={name: percentile, percentile: 40}"],
     ],
 )
 def test_pruners(workdir: Path, pruner: list[str]) -> None:

@@ -125,12 +125,16 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     CPU-only machine with one worker, else in worker processes (``hpsearch worker``)."""
     if opts.trials < 1:
         raise ConfigError(f"--trials: must be at least 1, got {opts.trials}")
+    cfg = load(opts.study, opts.overrides)
+    # --pruner percentile with --set 'search.pruner={name: percentile, percentile: 40}' keeps
+    # those options: only a sampler or pruner other than the file's (after --set) replaces it
     extra = tuple(
         Override(f"search.{k}", getattr(opts, k), f"--{k}")
         for k in ("sampler", "pruner")
-        if getattr(opts, k) is not None
+        if getattr(opts, k) is not None and getattr(opts, k) != getattr(cfg.search, k).name
     )
-    cfg = load(opts.study, opts.overrides, extra)
+    if extra:
+        cfg = load(opts.study, opts.overrides, extra)
 
     from hpsearch.budget import join, run_lease, withdraw
     from hpsearch.compat import check_reuse
