@@ -1,14 +1,14 @@
 """Decoding photos for the cache: hpsearch's PIL path vs torchvision's, on the same files.
 
-hpsearch decodes every image once per (data set, image size) with ``hpsearch.data.decode_image``:
-PIL with ``draft`` (libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale when the target is that much
-smaller), RGB, then a bilinear resize to SxS. The candidate is ``torchvision.io.decode_image``
-(full-size decode) followed by ``torchvision.transforms.v2.functional.resize`` (bilinear,
-antialiased). Both run in one thread over the same files, interleaved for ``--rounds`` rounds;
-the table prints the best round of each, torchvision's time over PIL's (below 1: torchvision is
-faster), and how far apart their pixels are (0-255 scale). It also times importing
-``torchvision.datasets.folder`` (what adopting its ImageFolder helpers costs every command that
-lists images).
+hpsearch decodes every image once per (data set, image size) with
+``hpsearch.engine.data.decode_image``: PIL with ``draft`` (libjpeg decodes a JPEG at 1/2, 1/4 or
+1/8 scale when the target is that much smaller), RGB, then a bilinear resize to SxS. The candidate
+is ``torchvision.io.decode_image`` (full-size decode) followed by
+``torchvision.transforms.v2.functional.resize`` (bilinear, antialiased). Both run in one thread
+over the same files, interleaved for ``--rounds`` rounds; the table prints the best round of each,
+torchvision's time over PIL's (below 1: torchvision is faster), and how far apart their pixels are
+(0-255 scale). It also times importing ``torchvision.datasets.folder`` (what adopting its
+ImageFolder helpers costs every command that lists images).
 
     python bench/decode.py --data ../shared/data/catdog/train --n 500 --size 64 128
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpsearch.data import decode_image
+from hpsearch.engine.data import decode_image
 
 
 def pil(path: Path, size: int) -> np.ndarray:

@@ -11,11 +11,11 @@ output.
 1. environment: torch, CUDA, cuDNN, the GPU's name and memory, Optuna and hpsearch versions;
 2. throughput: the seed CNN at 128px (bf16 on CUDA), the rows of bench/throughput.py: the seed's
    pipeline as written, a tuned DataLoader, the hpsearch engine, and the engine's no-pipeline bound;
-3. largest trial: the largest trials the catdog space allows (hpsearch.gpu_plan.largest_specs);
-4. packing: aggregate images/s with K = 1, 2, 4, 8 training processes side by side
-   (bench/packing.py);
+3. largest trial: the largest trials the catdog space allows
+(hpsearch.search.gpu_plan.largest_specs); 4. packing: aggregate images/s with K = 1, 2, 4, 8
+   training processes side by side (bench/packing.py);
 5. trials per GPU: the K that ``hpsearch run``'s ``--trials-per-gpu`` probe picks
-   (hpsearch.gpu_plan), beside the measured best K (CUDA only);
+   (hpsearch.search.gpu_plan), beside the measured best K (CUDA only);
 6. CUDA graphs: the batch-32 training step eager vs captured in a CUDA graph, timed, and whether
    the losses agree (CUDA only; on the CPU the eager step is measured);
 7. search: a real smoke-sized ``hpsearch run --workers K`` on the device (a temp SQLite file),
@@ -351,9 +351,9 @@ def check_largest_trial(c: Ctx) -> dict[str, Any]:
     import torch
 
     from hpsearch.config import load_study, parse_set
-    from hpsearch.data import load_data
-    from hpsearch.gpu_plan import largest_specs
-    from hpsearch.train import fit, resolve_device
+    from hpsearch.engine.data import load_data
+    from hpsearch.engine.train import fit, resolve_device
+    from hpsearch.search.gpu_plan import largest_specs
 
     size = c.sizes.image_size
     cfg = load_study(
@@ -466,7 +466,7 @@ def check_packing(c: Ctx) -> dict[str, Any]:
 
 
 def check_trials_per_gpu(c: Ctx) -> dict[str, Any]:
-    from hpsearch.gpu_plan import probe, trials_per_gpu
+    from hpsearch.search.gpu_plan import probe, trials_per_gpu
 
     size = c.sizes.image_size
     p = probe(["catdog", f"data.root={c.data}", f"data.image_size={size}"], "0")
@@ -484,9 +484,9 @@ def check_cuda_graphs(c: Ctx) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from hpsearch.model import build_model
-    from hpsearch.runtime import tune_host
-    from hpsearch.train import make_optimizer, resolve_device
+    from hpsearch.engine.model import build_model
+    from hpsearch.engine.runtime import tune_host
+    from hpsearch.engine.train import make_optimizer, resolve_device
 
     tp = bench_module("throughput")
     dev = resolve_device(c.device)
@@ -734,9 +734,9 @@ def check_out_of_memory(c: Ctx) -> dict[str, Any]:
     import torch
 
     from hpsearch.config import load_study, parse_set
-    from hpsearch.data import load_data
-    from hpsearch.objective import TrialOutOfMemory, make_objective
-    from hpsearch.train import resolve_device
+    from hpsearch.engine.data import load_data
+    from hpsearch.engine.train import resolve_device
+    from hpsearch.search.objective import TrialOutOfMemory, make_objective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dev = resolve_device(c.device)
@@ -894,7 +894,7 @@ CHECKS = [
     Check("packing", "Several trials on one device (K processes)", check_packing, 150),
     Check("trials_per_gpu", "The --trials-per-gpu probe", check_trials_per_gpu, 90,
           cuda_only="needs CUDA: the probe measures GPU memory and kernel time "
-          "(hpsearch.gpu_plan)"),
+          "(hpsearch.search.gpu_plan)"),
     Check("cuda_graphs", "Small-batch overhead: eager vs CUDA graphs", check_cuda_graphs, 90),
     Check("search", "A real smoke search with hpsearch run --workers K", check_search, 150),
     Check("out_of_memory", "Out of memory: the trial fails, memory returns, the next runs",

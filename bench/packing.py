@@ -1,10 +1,10 @@
 """Several trials on one device: aggregate training images/s with K worker processes side by side.
 
 Each of K processes loads the decoded cache onto the device, waits at a common start line, then
-trains with ``hpsearch.train.fit`` for the same number of steps. The aggregate rate is all images
-trained divided by the time from the first start to the last finish. It runs the seed CNN and a
-large CNN from the catdog space, and prints each process's peak device memory, which is what the
-``--trials-per-gpu`` rule (hpsearch.gpu_plan) budgets for.
+trains with ``hpsearch.engine.train.fit`` for the same number of steps. The aggregate rate is all
+images trained divided by the time from the first start to the last finish. It runs the seed CNN
+and a large CNN from the catdog space, and prints each process's peak device memory, which is what
+the ``--trials-per-gpu`` rule (hpsearch.search.gpu_plan) budgets for.
 
     python bench/packing.py --data ../shared/data/catdog --image-size 128 --ks 1,2,4,8 --steps 200
 """
@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hpsearch.engine.spec import ArchSpec
 from hpsearch.space import seed_spec
-from hpsearch.spec import ArchSpec
 
 MODELS = {
     "seed": seed_spec(epochs=1),
@@ -44,9 +44,9 @@ MODELS = {
 def worker(args: Any, model: str, k: int, start: Any, out: Any) -> None:
     import torch
 
-    from hpsearch.config import DataConfig
-    from hpsearch.data import load_data
-    from hpsearch.train import fit, resolve_device
+    from hpsearch.engine.data import load_data
+    from hpsearch.engine.spec import DataConfig
+    from hpsearch.engine.train import fit, resolve_device
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // k))
     device = resolve_device(args.device)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
-from hpsearch.config import DataConfig
-from hpsearch.data import load_data
+from hpsearch.engine.data import load_data
+from hpsearch.engine.spec import DataConfig
+from hpsearch.engine.train import fit, resolve_device
 from hpsearch.space import seed_spec
-from hpsearch.train import fit, resolve_device
 
 SEED = seed_spec(epochs=1)
 # Operators that belong to the input pipeline rather than to the model's forward/backward/step.

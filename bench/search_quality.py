@@ -1,11 +1,11 @@
 """Search quality: does ``hpsearch run`` find clearly better CNNs than the seed, and what do its
 sampler and pruner buy?
 
-Every arm is a real search: the real objective (``hpsearch.objective.make_objective``), the real
-photos, one SQLite file holding every study, the study's own sampler and pruner built by
-``hpsearch.study``. Each arm runs once per repeat; a repeat changes both the sampler's seed and
-every trial's training seed (``search.seed``). The images are decoded once and every search trains
-on the same in-memory tensors.
+Every arm is a real search: the real objective (``hpsearch.search.objective.make_objective``), the
+real photos, one SQLite file holding every study, the study's own sampler and pruner built by
+``hpsearch.storage.study``. Each arm runs once per repeat; a repeat changes both the sampler's seed
+and every trial's training seed (``search.seed``). The images are decoded once and every search
+trains on the same in-memory tensors.
 
 For each arm it prints the best validation accuracy after the budget (mean, min and max over the
 repeats), the same best trial retrained with a new seed (the best of many noisy trials is an
@@ -44,17 +44,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import optuna_private
-from hpsearch.cli_results import positive_int
+from hpsearch.cli.results import positive_int
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.data import DeviceData, load_data
+from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.train import fit, resolve_device
 from hpsearch.errors import HpsearchError
-from hpsearch.objective import TrialOutOfMemory, make_objective
+from hpsearch.search.objective import TrialOutOfMemory, make_objective
+from hpsearch.search.workers import requeue_interrupted, reruns_first
 from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
-from hpsearch.study import open_storage, open_study
-from hpsearch.study_state import BASELINE_ATTR, FAIL_REASON_ATTR, STOPPED_PREFIX
-from hpsearch.train import fit, resolve_device
-from hpsearch.workers import requeue_interrupted, reruns_first
+from hpsearch.storage import optuna_private
+from hpsearch.storage.state import BASELINE_ATTR, FAIL_REASON_ATTR, STOPPED_PREFIX
+from hpsearch.storage.study import open_storage, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.52  # a validation accuracy no better than guessing on two balanced classes

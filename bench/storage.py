@@ -30,8 +30,10 @@ from typing import Any
 import optuna
 import psycopg
 
-from hpsearch.study import open_storage
-from hpsearch.workers import TARGET_ATTR, claim_lock, count_states, run_until_budget
+from hpsearch.search.workers import run_until_budget
+from hpsearch.storage.claims import claim_lock
+from hpsearch.storage.state import TARGET_ATTR, count_states
+from hpsearch.storage.study import open_storage
 
 REPORTS = 5
 

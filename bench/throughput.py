@@ -7,7 +7,7 @@ another's threads, caches or allocator state:
 - seed pipeline: the seed's code as written: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/
   Normalize, a DataLoader with no workers, the model in the default (NCHW) memory format;
 - tuned DataLoader: the same with workers = cores, pinned memory, persistent workers;
-- hpsearch engine: ``hpsearch.train.fit`` itself (decoded cache, batched augmentation,
+- hpsearch engine: ``hpsearch.engine.train.fit`` itself (decoded cache, batched augmentation,
   channels_last, host tuning, one sync per epoch);
 - tuned DataLoader + engine's model settings: the tuned loader feeding the model as the engine
   runs it (channels_last, fused optimizer, host tuning), to separate the input pipeline's share
@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from hpsearch.config import DataConfig
-from hpsearch.data import load_data
-from hpsearch.model import build_model
-from hpsearch.runtime import tune_host
+from hpsearch.engine.data import load_data
+from hpsearch.engine.model import build_model
+from hpsearch.engine.runtime import tune_host
+from hpsearch.engine.spec import DataConfig
+from hpsearch.engine.train import IMAGENET_MEAN, IMAGENET_STD, fit, make_optimizer, resolve_device
 from hpsearch.space import seed_spec
-from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD, fit, make_optimizer, resolve_device
 
 SEED = seed_spec(epochs=1)
 SEED_ARCH, SEED_OPTIM = SEED.arch, SEED.optim

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from hpsearch.spec import ArchSpec
+    from hpsearch.engine.spec import ArchSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HPSEARCH_TEST_DATA", REPO.parent / "shared" / "data" / "catdog"))
@@ -144,7 +144,7 @@ def smoke_study(_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_arch() -> ArchSpec:
     """One 8-channel conv block and an 8-unit dense layer: a real model that builds and saves in
     milliseconds, for tests of what happens around a trained model."""
-    from hpsearch.spec import ArchSpec
+    from hpsearch.engine.spec import ArchSpec
 
     return ArchSpec(
         channels=(8,),

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from conftest import argv, hpsearch, tiny_arch
-from hpsearch.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
-from hpsearch.checkpoint import load_checkpoint
 from hpsearch.config import load_study, parse_set
 from hpsearch.errors import ConfigError
-from hpsearch.results import ranked
-from hpsearch.study import artifacts_dir
-from hpsearch.study_state import CHECKPOINT_ATTR, KEPT_ATTR
+from hpsearch.results.read import ranked
+from hpsearch.storage.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
+from hpsearch.storage.checkpoint import load_checkpoint
+from hpsearch.storage.state import CHECKPOINT_ATTR, KEPT_ATTR
+from hpsearch.storage.study import artifacts_dir
 
 pytestmark = pytest.mark.slow
 
@@ -184,8 +184,8 @@ def test_two_trials_finishing_together_leave_keep_checkpoints_files(tmp_path: Pa
     ``settle`` callback that runs after COMPLETE removes the extra one at once."""
     from optuna.trial import FrozenTrial
 
-    from hpsearch.checkpoint import CheckpointKeeper
-    from hpsearch.model import build_model
+    from hpsearch.engine.model import build_model
+    from hpsearch.storage.checkpoint import CheckpointKeeper
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
     store = tmp_path / "store"

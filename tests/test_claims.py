@@ -14,12 +14,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy import text
 
-from hpsearch import workers
-from hpsearch.budget import join, run_lease, withdraw
-from hpsearch.resilience import ResilientRDBStorage
-from hpsearch.study import open_storage
-from hpsearch.study_state import TARGET_ATTR, target
-from hpsearch.workers import claim_lock, run_until_budget
+from hpsearch.search import workers
+from hpsearch.search.workers import run_until_budget
+from hpsearch.storage.budget import join, run_lease, withdraw
+from hpsearch.storage.claims import claim_lock
+from hpsearch.storage.resilience import ResilientRDBStorage
+from hpsearch.storage.state import TARGET_ATTR, target
+from hpsearch.storage.study import open_storage
 
 X = {"x": FloatDistribution(0, 1)}
 

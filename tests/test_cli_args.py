@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hpsearch.cli import build_parser
+from hpsearch.cli.main import build_parser
 
 
 def subcommands() -> list[str]:
@@ -90,7 +90,8 @@ def test_importing_hpsearch_leaves_the_warnings_filters_alone() -> None:
     module that a library user or a test imports."""
     code = (
         "import warnings, optuna\n"
-        "import hpsearch.study, hpsearch.objective, hpsearch.checkpoint, hpsearch.cli\n"
+        "import hpsearch.storage.study, hpsearch.search.objective, hpsearch.storage.checkpoint\n"
+        "import hpsearch.cli.main\n"
         "print(any(f[2] is optuna.exceptions.ExperimentalWarning for f in warnings.filters))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

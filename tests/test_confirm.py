@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from conftest import argv, hpsearch, popen
-from hpsearch.confirm import confirm_seed
-from hpsearch.results import ranked
+from hpsearch.results.read import ranked
+from hpsearch.search.confirm import confirm_seed
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from conftest import hpsearch
 from hpsearch.config import StudyConfig, load_study, parse_set
-from hpsearch.data import DeviceData, load_data
+from hpsearch.engine.data import DeviceData, load_data
 from hpsearch.errors import ConfigError
-from hpsearch.objective import make_keeper, make_objective
-from hpsearch.results import pick_trial, ranked, status_text
+from hpsearch.results.read import pick_trial, ranked, status_text
+from hpsearch.search.objective import make_keeper, make_objective
 
 TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]
 SMALL = {"n_blocks": 2, "channels_b1": 8, "channels_b2": 8, "dense_units": 32}

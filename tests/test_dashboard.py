@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 from conftest import argv, hpsearch
-from hpsearch.results import ranked
+from hpsearch.results.read import ranked
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import small_imagefolder
-from hpsearch.config import DataConfig
-from hpsearch.data import cache_root, decode_image, load_data, load_split
+from hpsearch.engine.data import cache_root, decode_image, load_data, load_split
+from hpsearch.engine.spec import DataConfig
 from hpsearch.errors import DataError
 
 
@@ -141,16 +141,18 @@ def test_odd_but_readable_images_are_converted_and_the_rest_skipped(
 def test_non_image_files_are_left_out_unopened(
     folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpsearch.data
+    import hpsearch.engine.data
 
     cats = folder / "train" / "cat"
     (cats / "notes.txt").write_text("hello")
     (cats / "Thumbs.db").write_bytes(b"\0" * 64)
     (cats / "UPPER.JPG").write_bytes(next(cats.glob("*.jpg")).read_bytes())  # any case
     opened: list[str] = []
-    decode = hpsearch.data.decode_image
+    decode = hpsearch.engine.data.decode_image
     monkeypatch.setattr(
-        hpsearch.data, "decode_image", lambda p, s: opened.append(Path(p).name) or decode(p, s)
+        hpsearch.engine.data,
+        "decode_image",
+        lambda p, s: opened.append(Path(p).name) or decode(p, s),
     )
     with caplog.at_level(logging.WARNING):
         s = load_split(cfg(folder), "train")

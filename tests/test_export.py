@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import argv, hpsearch
-from hpsearch.checkpoint import Checkpoint, load_checkpoint
+from hpsearch.engine.train import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.errors import HpsearchError
-from hpsearch.export import export, onnx_available
-from hpsearch.results import ranked
-from hpsearch.train import IMAGENET_MEAN, IMAGENET_STD
+from hpsearch.results.export import export, onnx_available
+from hpsearch.results.read import ranked
+from hpsearch.storage.checkpoint import Checkpoint, load_checkpoint
 
 pytestmark = pytest.mark.slow
 

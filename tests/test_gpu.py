@@ -13,13 +13,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.config import DataConfig, load_study, parse_set
-from hpsearch.data import DeviceData, load_data
-from hpsearch.gpu_plan import MAX_PER_GPU, probe, trials_per_gpu
-from hpsearch.launcher import plan_slots
-from hpsearch.objective import TrialOutOfMemory, make_objective
+from hpsearch.config import load_study, parse_set
+from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.spec import DataConfig
+from hpsearch.engine.train import fit
+from hpsearch.search.gpu_plan import MAX_PER_GPU, probe, trials_per_gpu
+from hpsearch.search.launcher import plan_slots
+from hpsearch.search.objective import TrialOutOfMemory, make_objective
 from hpsearch.space import seed_spec
-from hpsearch.train import fit
 
 pytestmark = [
     pytest.mark.gpu,

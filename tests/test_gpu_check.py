@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hpsearch.config import DataConfig
-from hpsearch.data import load_data
+from hpsearch.engine.data import load_data
+from hpsearch.engine.spec import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "bench" / "gpu_check.py"

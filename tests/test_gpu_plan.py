@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from hpsearch.config import Override, load_study
+from hpsearch.engine.model import param_count
 from hpsearch.errors import HpsearchError
-from hpsearch.gpu_plan import MAX_PER_GPU, Probe, largest_specs, probe, trials_per_gpu
-from hpsearch.launcher import plan_slots
-from hpsearch.model import param_count
+from hpsearch.search.gpu_plan import MAX_PER_GPU, Probe, largest_specs, probe, trials_per_gpu
+from hpsearch.search.launcher import plan_slots
 
 GIB = 2**30
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from conftest import argv, hpsearch
-from hpsearch.results import ranked
+from hpsearch.results.read import ranked
 
 pytestmark = pytest.mark.slow
 

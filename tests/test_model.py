@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpsearch.model import build_model, count_params, param_count
-from hpsearch.spec import ArchSpec
+from hpsearch.engine.model import build_model, count_params, param_count
+from hpsearch.engine.spec import ArchSpec
 
 
 def arch(n: int, k: int, **kw: object) -> ArchSpec:
@@ -79,7 +79,7 @@ def test_gap_head_is_independent_of_the_image_size(image_size: int, bn: bool) ->
 def test_activation_count_matches_what_a_forward_pass_produces(bn: bool, res: bool) -> None:
     """Counted with hooks on the real model: every conv, BN, activation and pool output of the
     conv blocks (plus the residual sum, which is no module)."""
-    from hpsearch.model import ConvBlock, activation_count
+    from hpsearch.engine.model import ConvBlock, activation_count
 
     arch = ArchSpec(
         channels=(8, 16, 32),
@@ -107,7 +107,7 @@ def test_a_narrow_network_with_a_wide_dense_layer_has_more_parameters_and_fewer_
     None
 ):
     """Why out-of-memory prediction compares activations too, not parameters alone."""
-    from hpsearch.model import activation_count
+    from hpsearch.engine.model import activation_count
 
     wide = ArchSpec(
         channels=(256, 256, 256),

@@ -9,10 +9,10 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig, load_study, parse_set
-from hpsearch.data import DeviceData, load_data
-from hpsearch.objective import TrialOutOfMemory, make_objective
-from hpsearch.study import open_storage, open_study
-from hpsearch.train import EpochMetrics
+from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.train import EpochMetrics
+from hpsearch.search.objective import TrialOutOfMemory, make_objective
+from hpsearch.storage.study import open_storage, open_study
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_out_of_memory_frees_the_failed_trials_tensors_before_collecting(
     import gc
     import weakref
 
-    import hpsearch.objective as objective
+    import hpsearch.search.objective as objective
 
     held: list[weakref.ref[torch.Tensor]] = []
 
@@ -194,7 +194,7 @@ def test_out_of_memory_frees_the_failed_trials_tensors_before_collecting(
 def test_out_of_memory_is_predicted_only_for_trials_no_smaller_in_every_way() -> None:
     """A trial with more parameters but far fewer activations (a narrow network with a wide
     dense layer) is not pruned because a wide network ran out of memory."""
-    from hpsearch.objective import predicted_oom
+    from hpsearch.search.objective import predicted_oom
 
     study = optuna.create_study(direction="maximize")
     failed = optuna.trial.create_trial(

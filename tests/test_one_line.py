@@ -18,7 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import DATA, popen, small_imagefolder
-from hpsearch.cli import main
+from hpsearch.cli.main import main
 
 TINY_DATA = [
     *("--set", "data.max_per_class=20", "--set", "data.val_max_per_class=10"),

@@ -1,5 +1,5 @@
-"""Optuna's private parts are used in one module, hpsearch.optuna_private, and every one of them
-exists in the installed Optuna (that module checks them when imported, and fails naming what is
+"""Optuna's private parts are used in one module, hpsearch.storage.optuna_private, and every one of
+them exists in the installed Optuna (that module checks them when imported, and fails naming what is
 missing)."""
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from hpsearch import optuna_private, resilience
-from hpsearch.study import open_storage
-from hpsearch.study_state import state_counts
+from hpsearch.storage import optuna_private, resilience
+from hpsearch.storage.state import state_counts
+from hpsearch.storage.study import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "hpsearch"
+PRIVATE_MODULE = SRC / "storage" / "optuna_private.py"
 
-# Optuna's private names as hpsearch used them before they moved into hpsearch.optuna_private:
-# private modules and attributes, the private RDBStorage and Study methods, Optuna's own
-# system attributes, and SQL on Optuna's tables.
+# Optuna's private names as hpsearch used them before they moved into
+# hpsearch.storage.optuna_private: private modules and attributes, the private RDBStorage and Study
+# methods, Optuna's own system attributes, and SQL on Optuna's tables.
 PRIVATE = [
     re.compile(p)
     for p in (
@@ -59,10 +60,11 @@ def test_a_missing_private_name_fails_the_import_naming_it(
 
 
 def test_no_other_module_uses_a_private_name() -> None:
+    assert len(list(SRC.rglob("*.py"))) > 40  # every part's modules, not only the top's
     found = [
-        f"{p.name}:{n}: {line.strip()}"
-        for p in sorted(SRC.glob("*.py"))
-        if p.name != "optuna_private.py"
+        f"{p.relative_to(SRC)}:{n}: {line.strip()}"
+        for p in sorted(SRC.rglob("*.py"))
+        if p != PRIVATE_MODULE
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if any(r.search(line) for r in PRIVATE)
     ]
@@ -70,7 +72,7 @@ def test_no_other_module_uses_a_private_name() -> None:
 
 
 def test_the_scan_finds_what_it_looks_for() -> None:
-    text = (SRC / "optuna_private.py").read_text()
+    text = PRIVATE_MODULE.read_text()
     for r in PRIVATE:
         if r.pattern not in (r"\bsa\.table\(", r"\bFROM\s+trials\b", r"[\"']_backend[\"']"):
             assert r.search(text), r.pattern

@@ -14,13 +14,13 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import hpsearch, tiny_arch
-from hpsearch.checkpoint import CheckpointKeeper
 from hpsearch.config import load_study, parse_set
-from hpsearch.data import load_data
+from hpsearch.engine.data import load_data
+from hpsearch.engine.model import build_model
 from hpsearch.errors import ConfigError
-from hpsearch.model import build_model
-from hpsearch.objective import make_objective
-from hpsearch.study_state import CHECKPOINT_ATTR, KEPT_ATTR
+from hpsearch.search.objective import make_objective
+from hpsearch.storage.checkpoint import CheckpointKeeper
+from hpsearch.storage.state import CHECKPOINT_ATTR, KEPT_ATTR
 
 TWO = "search.objectives=[val_accuracy, params]"
 TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]

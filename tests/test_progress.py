@@ -14,17 +14,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import argv, hpsearch
-from hpsearch.progress import (
-    LONG_RUN_SECONDS,
-    Progress,
-    RunSize,
-    duration,
-    mean_trial_seconds,
-    search_seconds,
-    shrink_hint,
-    time_left,
-)
-from hpsearch.train import EpochMetrics
+from hpsearch.engine.train import EpochMetrics
+from hpsearch.results.timing import duration, mean_trial_seconds, search_seconds, time_left
+from hpsearch.search.progress import LONG_RUN_SECONDS, Progress, RunSize, shrink_hint
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpsearch.config import load_study, parse_set
-from hpsearch.study import make_pruner
+from hpsearch.storage.study import make_pruner
 
 DIST = {"x": FloatDistribution(0.0, 1.0)}
 SEED_CURVE = {1: 0.664, 2: 0.69, 3: 0.71, 4: 0.72, 5: 0.735}  # the seed at its luckiest

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import argv, hpsearch
-from hpsearch.results import ranked
+from hpsearch.results.read import ranked
 
 pytestmark = pytest.mark.slow
 

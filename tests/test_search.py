@@ -1,6 +1,6 @@
-"""hpsearch.search and hpsearch.single in this process, without the CLI: run a search, join it,
-train one of its trials; and the order of a run's checks (the storage before anything slow, the
-data before anything written). Real SQLite files in tmp_path, the real photos."""
+"""hpsearch.search.run and hpsearch.search.train_one in this process, without the CLI: run a
+search, join it, train one of its trials; and the order of a run's checks (the storage before
+anything slow, the data before anything written). Real SQLite files in tmp_path, the real photos."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study, parse_set
-from hpsearch.data import load_data
+from hpsearch.engine.data import load_data
+from hpsearch.engine.train import EpochMetrics
 from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError
-from hpsearch.objective import TrialOutOfMemory, make_objective
-from hpsearch.search import JoinOptions, RunOptions, RunSummary, join_search, run_search
-from hpsearch.single import TrainOptions, train_one
+from hpsearch.search.objective import TrialOutOfMemory, make_objective
+from hpsearch.search.run import JoinOptions, RunOptions, RunSummary, join_search, run_search
+from hpsearch.search.train_one import TrainOptions, train_one
 from hpsearch.space import trial_seed
-from hpsearch.study import check_storage, open_storage, open_study
-from hpsearch.train import EpochMetrics
+from hpsearch.storage.study import check_storage, open_storage, open_study
 
 TINY = ("data.max_per_class=40", "data.val_max_per_class=20", "train.epochs=1")
 SECRET = "s3cret-Pa55"

@@ -192,7 +192,7 @@ def test_an_arms_own_pruner_options_reach_its_study(
     monkeypatch.chdir(REPO)  # as the benchmark does: study names resolve in the repository
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import search_quality as sq
-    from hpsearch.study import make_pruner
+    from hpsearch.storage.study import make_pruner
 
     args = argparse.Namespace(
         data=tmp_path, image_size=32, per_class=20, val_per_class=10, epochs=2, device="cpu", set=[]

@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from conftest import argv, hpsearch
-from hpsearch.results import ranked
-from hpsearch.serve import Batcher, Limits
+from hpsearch.results.read import ranked
+from hpsearch.serve.app import Batcher, Limits
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from hpsearch.config import load_study, parse_set
-from hpsearch.objective import trial_source
+from hpsearch.search.objective import trial_source
 from hpsearch.space import (
     FAMILIES,
     Choice,
@@ -26,7 +26,7 @@ from hpsearch.space import (
     split_block_name,
     to_trial_spec,
 )
-from hpsearch.study import make_sampler, open_storage, open_study
+from hpsearch.storage.study import make_sampler, open_storage, open_study
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
@@ -187,7 +187,7 @@ def test_new_study_enqueues_baseline_then_near_baseline(tmp_path: Path) -> None:
 def test_a_changed_grid_is_judged_on_its_own_points() -> None:
     """An exhausted grid study whose grid is then changed has new points to run: the old grid's
     trials do not count as visited (GridSampler's own rule, by the recorded search space)."""
-    from hpsearch.study import grid_check
+    from hpsearch.storage.study import grid_check
 
     old = load_study("smoke", [parse_set("search.sampler=grid")])
     study = optuna.create_study(direction="maximize", sampler=make_sampler(old, 0))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hpsearch import stopping
+from hpsearch.search import stopping
 
 # code that runs as if it were a module of SQLAlchemy's: the signal lands "in a database call"
 IN_DATABASE = compile("os.kill(os.getpid(), sig); time.sleep(0.02)", "<sqlalchemy>", "exec")

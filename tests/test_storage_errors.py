@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy.exc
 
 from conftest import hpsearch
-from hpsearch.resilience import is_disconnect
+from hpsearch.storage.resilience import is_disconnect
 
 TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]
 

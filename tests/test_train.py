@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpsearch.config import DataConfig
-from hpsearch.data import DeviceData, load_data
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
-from hpsearch.train import EpochMetrics, NonFiniteLoss, Normalizer, fit, random_resized_crop
+from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
+from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, Normalizer, fit, random_resized_crop
 
 
 @pytest.fixture(scope="module")

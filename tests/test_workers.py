@@ -195,8 +195,8 @@ def test_claim_lock_excludes_other_processes(workdir: Path, pg_url: str) -> None
     import psycopg
     from filelock import FileLock, Timeout
 
-    from hpsearch.study import open_storage
-    from hpsearch.workers import PgAdvisoryLock, claim_lock
+    from hpsearch.storage.claims import PgAdvisoryLock, claim_lock
+    from hpsearch.storage.study import open_storage
 
     lite = optuna.create_study(storage=open_storage(f"sqlite:///{workdir / 'l.db'}"))
     beside = claim_lock(lite._storage, lite.study_name)  # a file lock beside the SQLite file

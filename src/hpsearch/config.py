@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from hpsearch.engine.spec import DataConfig
 from hpsearch.errors import ConfigError, first_line
 from hpsearch.files import what_is
 from hpsearch.space import (
@@ -50,14 +51,6 @@ MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2**31 - 1
 MAX_NEAR_BASELINE = 1000  # start-up trials, each enqueued one by one in a new study
 STUDIES_DIR = "studies"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    root: Path  # ImageFolder root holding train/<class>/ and val/<class>/
-    image_size: int  # images are decoded and cached at image_size x image_size
-    max_per_class: int | None  # train images per class (the first N by file name); None = all
-    val_max_per_class: int | None
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,9 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
-from hpsearch.spec import ArchSpec, OptimSpec, TrialSpec
-
-if TYPE_CHECKING:
-    from hpsearch.config import SearchConfig, StudyConfig
+from hpsearch.engine.spec import ArchSpec, OptimSpec, TrialSpec
 
 Scalar = int | float | str | bool
 
@@ -250,6 +247,45 @@ class Source(Protocol):
     """Where parameter values come from: an Optuna trial, stored params, or the baseline."""
 
     def __call__(self, name: str, spec: Plain) -> Scalar: ...
+
+
+# --- what this module reads of a study file ----------------------------------------------------
+# hpsearch.config validates a study file into frozen dataclasses that offer these; the space
+# depends only on what it reads, so config may build on the space and never the other way round.
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class SearchConfig(Protocol):
+    """The ``search:`` section: the sampler's name, the space and the grid."""
+
+    @property
+    def sampler(self) -> _Named: ...
+    @property
+    def space(self) -> Mapping[str, ParamSpec]: ...
+    @property
+    def grid(self) -> Mapping[str, tuple[Scalar, ...]]: ...
+
+
+class _TrainConfig(Protocol):
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def crop_scale(self) -> tuple[float, float]: ...
+    @property
+    def flip(self) -> bool: ...
+
+
+class StudyConfig(Protocol):
+    """A study file: its ``train:`` section (epochs, augmentation) and its ``search:``."""
+
+    @property
+    def train(self) -> _TrainConfig: ...
+    @property
+    def search(self) -> SearchConfig: ...
 
 
 def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:

@@ -1,0 +1,261 @@
+"""Training one TrialSpec on device-resident data. No Optuna here.
+
+``fit`` calls ``on_epoch`` after every epoch; the caller stops training by raising from it (the
+objective raises ``optuna.TrialPruned``). Batches are drawn by index from the uint8 tensors held
+on the device; augmentation (random resized crop, flip) and normalisation run batched there.
+The loop synchronises with the device once per epoch, not per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpsearch.engine.data import DeviceData
+from hpsearch.engine.model import build_model, count_params
+from hpsearch.engine.runtime import tune_host
+from hpsearch.engine.spec import OptimSpec, TrialSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # the rate used during this epoch
+    train_seconds: float
+    epoch_seconds: float  # train + validation
+    train_images_per_s: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: nn.Module
+    history: tuple[EpochMetrics, ...]
+    n_params: int
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.history[-1].val_accuracy
+
+    @property
+    def train_images_per_s(self) -> float:
+        seen = sum(m.train_images_per_s * m.train_seconds for m in self.history)
+        return seen / max(sum(m.train_seconds for m in self.history), 1e-9)
+
+    @property
+    def epoch_seconds(self) -> float:
+        return sum(m.epoch_seconds for m in self.history) / len(self.history)
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite; the configuration diverged."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"non-finite training loss ({loss}) in epoch {epoch}")
+        self.epoch = epoch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Normalizer:
+    """uint8 NHWC batch -> normalised float NCHW (channels_last strides), in one fused op."""
+
+    def __init__(self, device: torch.device) -> None:
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -mean / std
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.permute(0, 3, 1, 2).float()  # (B, 3, S, S), channels_last in memory
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    scale: tuple[float, float],
+    flip: bool,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Batched RandomResizedCrop + horizontal flip as one affine resample.
+
+    Each image gets a crop covering ``scale`` of its area with aspect ratio in [3/4, 4/3], at a
+    random position, resized back to the full size; half the crops are mirrored.
+    x: (B, C, S, S) float -> (B, C, S, S) float.
+    """
+    b = x.shape[0]
+    dev = x.device
+    u = torch.rand(b, 5, device=dev, generator=gen)  # area, ratio, cx, cy, flip
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_ratio = (u[:, 1] * 2 - 1) * math.log(4 / 3)
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # fraction of the width
+    h = (area / w).clamp(max=1.0)  # keep the sampled area when one side hits the border
+    w = (area / h).clamp(max=1.0)
+    cx = (u[:, 2] * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates, inside the image
+    cy = (u[:, 3] * 2 - 1) * (1 - h)
+    sx = torch.where(u[:, 4] < 0.5, -w, w) if flip else w
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def make_optimizer(
+    params: list[nn.Parameter], o: OptimSpec, device: torch.device
+) -> torch.optim.Optimizer:
+    # Fused kernels exist on CUDA and, since torch 2.4, on the CPU: one pass over each parameter
+    # instead of one per arithmetic op. On the CPU the seed CNN's Adam step (4.3M parameters)
+    # was ~2.5x faster fused than with the default for-each implementation. RMSprop has none.
+    fused: dict[str, Any] = {"fused": True} if device.type in ("cuda", "cpu") else {}
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused
+        )
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
+    if o.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {o.optimizer!r}")
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, o: OptimSpec, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule: the seed's StepLR, or cosine annealing over the
+    trial's ``epochs`` (epoch e of E trains at ``lr * (1 + cos(pi * (e - 1) / E)) / 2``)."""
+    if o.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_step, gamma=o.lr_decay_gamma)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, norm: Normalizer
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over a uint8 NHWC split, without augmentation."""
+    model.eval()
+    dev = images.device
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.int64)
+    for i in range(0, len(labels), batch_size):
+        x = norm(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
+        y = labels[i : i + batch_size]
+        with _autocast(dev):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = max(len(labels), 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def fit(
+    spec: TrialSpec,
+    data: DeviceData,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    eval_batch_size: int = 500,
+) -> FitResult:
+    """Train ``spec`` on ``data`` for ``spec.epochs`` epochs, validating after each.
+
+    Raises:
+        NonFiniteLoss: the training loss of an epoch was NaN or infinite.
+    """
+    dev = data.device
+    tune_host()
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(spec.seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    model = build_model(spec.arch, len(data.classes), data.image_size)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    opt = make_optimizer(list(model.parameters()), spec.optim, dev)
+    sched = make_scheduler(opt, spec.optim, spec.epochs)
+    norm = Normalizer(dev)
+    n = len(data.train_labels)
+    bs = min(spec.batch_size, n)
+    steps = n // bs
+    augment = spec.crop_scale != (1.0, 1.0) or spec.flip
+    history: list[EpochMetrics] = []
+
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        lr = opt.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, device=dev, generator=gen)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        for i in range(steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            x = norm(data.train_images[idx])
+            if augment:
+                x = random_resized_crop(x, spec.crop_scale, spec.flip, gen)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = data.train_labels[idx]
+            with _autocast(dev):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            loss_sum += loss.detach().float()
+            correct += (logits.detach().argmax(1) == y).sum()
+        train_loss = loss_sum.item() / steps  # the epoch's one synchronisation
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(epoch, train_loss)
+        val_loss, val_acc = evaluate(model, data.val_images, data.val_labels, eval_batch_size, norm)
+        _sync(dev)
+        sched.step()
+        m = EpochMetrics(
+            epoch=epoch,
+            epochs=spec.epochs,
+            train_loss=train_loss,
+            train_accuracy=correct.item() / (steps * bs),
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            lr=lr,
+            train_seconds=train_seconds,
+            epoch_seconds=time.perf_counter() - t0,
+            train_images_per_s=steps * bs / train_seconds,
+        )
+        history.append(m)
+        if on_epoch is not None:
+            on_epoch(m)
+    return FitResult(model, tuple(history), count_params(model))

@@ -1,0 +1,440 @@
+"""What ``hpsearch run`` and ``worker`` do, in this process: run (or resume) a search, join one
+(``hpsearch train``, one configuration without a search, is :mod:`hpsearch.search.train_one`). The
+command line parses its arguments into the options here and prints what these functions return; the
+lines said while they work (the study joined, the data loaded) go through the ``say`` callback
+they are given.
+
+``run`` checks the storage (without writing to it) before anything slow, then plans the worker
+slots (which may probe a GPU by training), decodes and validates the data, and only then opens
+the storage and makes the study: a run that fails before that writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.config import Override, StudyConfig, load_study, parse_set
+from hpsearch.errors import ConfigError, HpsearchError, StorageError
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from hpsearch.engine.data import DeviceData
+    from hpsearch.storage.budget import Share
+
+Say = Callable[[str], None]  # one line for the user, said while the work goes on
+log = logging.getLogger("hpsearch")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``hpsearch run``: add ``trials`` trials to the study of study file ``study``."""
+
+    study: str  # a study name under studies/ or a path to a study file
+    trials: int
+    overrides: tuple[str, ...] = ()  # KEY=VALUE, as --set takes them
+    storage: str | None = None  # default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db
+    study_name: str | None = None  # default: the study file's name
+    sampler: str | None = None  # instead of the study file's search.sampler
+    pruner: str | None = None  # instead of the study file's search.pruner
+    heartbeat: int = 10  # seconds
+    artifacts: str | None = None  # the checkpoint directory (default: see study.artifacts_dir)
+    workers: int | None = None
+    gpus: str | None = None  # "0,1,..."
+    trials_per_gpu: int | None = None  # default: measured on the first GPU
+    allow_other_study_file: bool = False
+    command: str = ""  # the command line, recorded on each trial (passwords masked there)
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """``hpsearch worker``: join the study that a run made and work until its budget is spent."""
+
+    study: str
+    overrides: tuple[str, ...] = ()
+    storage: str | None = None
+    study_name: str | None = None
+    heartbeat: int = 10
+    artifacts: str | None = None
+    wait: int = 0  # seconds to wait for the study and its budget to appear
+    allow_other_study_file: bool = False
+    command: str = ""
+    # Where a run's launcher started this worker (see hpsearch.search.launcher), else None:
+    worker_id: int | None = None  # its index among the run's workers
+    workers: int = 1  # how many the run started
+    threads: int | None = None  # torch threads
+    run_id: str | None = None  # the run whose share it works for
+
+
+@dataclass(frozen=True)
+class Best:
+    number: int
+    val_accuracy: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, for the lines that end it."""
+
+    study_name: str
+    url: str  # the storage URL, unmasked: mask it to print it
+    finished_here: int  # trials that this run's workers finished
+    finished: int  # finished trials in the study
+    failed: int
+    running: int
+    best: Best | None  # the study's best trial within its deployment budget
+    goal: int  # finished trials this run answers for
+    done: bool  # the goal is reached (or the grid has no point left)
+    worker_exits: tuple[tuple[int, int], ...] = ()  # (worker index, exit code) of failed workers
+
+
+def load(study: str, overrides: tuple[str, ...], extra: tuple[Override, ...] = ()) -> StudyConfig:
+    """The study file ``study`` with ``--set`` ``overrides`` (KEY=VALUE) and ``extra``."""
+    return load_study(study, [*(parse_set(item) for item in overrides), *extra])
+
+
+def _auto_per_gpu(opts: RunOptions, say: Say) -> Callable[[str], int]:
+    """The measured ``--trials-per-gpu`` default (see hpsearch.search.gpu_plan), said on one
+    line."""
+
+    def decide(gpu: str) -> int:
+        from hpsearch.search.gpu_plan import probe, trials_per_gpu
+
+        say(f"measuring one trial of {opts.study} on GPU {gpu} to pick --trials-per-gpu...")
+        try:
+            k, why = trials_per_gpu(probe([opts.study, *opts.overrides], gpu))
+        except HpsearchError as e:
+            say(f"warning: {e}; running 1 trial per GPU (set --trials-per-gpu)")
+            return 1
+        say(why)
+        return k
+
+    return decide
+
+
+def run_search(opts: RunOptions, say: Say) -> RunSummary:
+    """Run (or resume) a search: ``opts.trials`` more finished trials, in this process on a
+    CPU-only machine with one worker, else in worker processes (``hpsearch worker``)."""
+    if opts.trials < 1:
+        raise ConfigError(f"--trials: must be at least 1, got {opts.trials}")
+    cfg = load(opts.study, opts.overrides)
+    # --pruner percentile with --set 'search.pruner={name: percentile, percentile: 40}' keeps
+    # those options: only a sampler or pruner other than the file's (after --set) replaces it
+    extra = tuple(
+        Override(f"search.{k}", getattr(opts, k), f"--{k}")
+        for k in ("sampler", "pruner")
+        if getattr(opts, k) is not None and getattr(opts, k) != getattr(cfg.search, k).name
+    )
+    if extra:
+        cfg = load(opts.study, opts.overrides, extra)
+
+    from hpsearch.engine.data import load_data
+    from hpsearch.search.launcher import launch, plan_slots
+    from hpsearch.storage.budget import join, run_lease, withdraw
+    from hpsearch.storage.claims import claim_lock
+    from hpsearch.storage.compat import check_reuse
+    from hpsearch.storage.study import (
+        artifacts_dir,
+        check_storage,
+        mask_url,
+        open_storage,
+        open_study,
+        storage_url,
+    )
+
+    url = storage_url(opts.storage)
+    name = opts.study_name or cfg.name
+    _check_before_storage(cfg, name)
+    check_storage(url)  # a mistyped or unreachable storage, before the slow work below
+    slots = plan_slots(opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say))
+    local = len(slots) == 1 and slots[0].gpu is None
+    device = device_for(cfg) if local else None
+    import torch
+
+    data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
+    storage = open_storage(url, opts.heartbeat)  # only now: a run that fails above writes nothing
+    # Made, set up and given this run's share under the claim lock, so that two runs started
+    # together make one study with one baseline and add up their budgets.
+    lock = claim_lock(storage, name)
+    lease = run_lease(storage, name)
+    lock.acquire()
+    try:
+        study = open_study(cfg, storage, name)  # schema and study made once, before any worker
+        check_reuse(study, cfg, allow_other_file=opts.allow_other_study_file, record=True)
+        share = join(study, opts.trials, lease, uuid.uuid4().hex[:12])
+    except BaseException:
+        lease.release()
+        raise
+    finally:
+        lock.release()
+    s = cfg.search
+    say(
+        f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
+        f"running {opts.trials} more "
+        f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
+    )
+    if share.others:
+        say(
+            f"another hpsearch run is working on this study; the workers of both work "
+            f"towards its target, now {share.target} finished trials"
+        )
+    say(
+        f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
+        f"{', '.join(data.classes)} at {data.image_size}px on "
+        f"{device or f'{len(slots)} workers'}"
+    )
+    exits: list[tuple[int, int]] = []
+    try:
+        if local:
+            assert device is not None
+            store = artifacts_dir(url, opts.artifacts)
+            total = share.target - share.finished_before
+            _work(
+                cfg,
+                study,
+                data,
+                opts.heartbeat,
+                store,
+                share.finished_before,
+                total,
+                share.run_id,
+                command=opts.command,
+                say=say,
+            )
+        else:
+            worker_args = [
+                "--study",
+                str(cfg.path),
+                "--study-name",
+                name,
+                "--heartbeat",
+                str(opts.heartbeat),
+                "--artifacts",
+                str(artifacts_dir(url, opts.artifacts)),
+            ]
+            if opts.allow_other_study_file:
+                worker_args.append("--allow-other-study-file")
+            for o in [*opts.overrides, *(f"{e.key}={e.value}" for e in extra)]:
+                worker_args += ["--set", o]
+            codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
+            exits = [
+                (slot.index, code) for slot, code in zip(slots, codes, strict=True) if code != 0
+            ]
+    finally:
+        try:
+            withdraw(study, share, lock)  # a no-op once the share is done
+        except Exception as e:  # the reason the run stopped matters more
+            log.warning("could not take back this run's unfinished trials: %s", e)
+        lease.release()
+    return _summary(cfg, study, share, url, tuple(exits))
+
+
+def _check_before_storage(cfg: StudyConfig, name: str) -> None:
+    """What open_study would find wrong after the database exists: an unusable study name and
+    sampler or pruner options that Optuna's constructors refuse."""
+    from hpsearch.storage.study import MAX_STUDY_NAME, make_pruner, make_sampler
+
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"--study-name: at most {MAX_STUDY_NAME} characters (Optuna's limit), got {len(name)}"
+        )
+    make_sampler(cfg, 0)
+    make_pruner(cfg)
+
+
+def join_search(opts: JoinOptions, say: Say) -> None:
+    """Join a study that ``hpsearch run`` made (waiting up to ``opts.wait`` seconds for it and
+    its budget to appear) and run trials until its budget is spent."""
+    cfg = load(opts.study, opts.overrides)
+
+    import torch
+
+    from hpsearch.engine.data import load_data
+    from hpsearch.storage.compat import check_reuse
+    from hpsearch.storage.state import target
+    from hpsearch.storage.study import (
+        artifacts_dir,
+        mask_url,
+        open_storage,
+        open_study,
+        storage_url,
+    )
+
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    from hpsearch.storage.existing import require_studies
+
+    url = storage_url(opts.storage)
+    storage = None
+    name = opts.study_name or cfg.name
+    seed_offset = 7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid()
+    deadline = time.monotonic() + opts.wait
+    while True:
+        try:
+            if storage is None:
+                require_studies(url)  # a worker joins a study; it never creates the database
+                storage = open_storage(url, opts.heartbeat)
+            study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
+            goal = target(study)
+            if goal is None:
+                raise StorageError(
+                    f"study {name!r} has no trial budget; start it with hpsearch run"
+                )
+            break
+        except StorageError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2)
+    check_reuse(study, cfg, allow_other_file=opts.allow_other_study_file, record=False)
+    device = device_for(cfg)
+    data = load_data(cfg.data, device)
+    say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")
+    store = artifacts_dir(url, opts.artifacts)
+    _work(
+        cfg,
+        study,
+        data,
+        opts.heartbeat,
+        store,
+        0,
+        goal,
+        opts.run_id,
+        command=opts.command,
+        say=say,
+        workers=opts.workers,
+        first=(opts.worker_id or 0) == 0,
+    )
+
+
+def _work(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    data: DeviceData,
+    heartbeat: int,
+    artifacts: Path,
+    offset: int,
+    total: int,
+    run_id: str | None,
+    *,
+    command: str,
+    say: Say,
+    workers: int = 1,
+    first: bool = True,
+) -> None:
+    """Run this process's share of the budget, printing progress (``first``: the run's first
+    worker, which says the size of a trial; ``workers``: how many the run has)."""
+    from hpsearch.search.objective import TrialOutOfMemory, make_keeper, make_objective
+    from hpsearch.search.progress import Progress, RunSize
+    from hpsearch.search.workers import run_until_budget
+    from hpsearch.storage import optuna_private
+    from hpsearch.storage.claims import claim_lock
+    from hpsearch.storage.study import grid_check
+
+    size = RunSize(
+        data.image_size,
+        cfg.train.epochs,
+        len(data.train_labels) // max(len(data.classes), 1),
+        2 ** _most_blocks(cfg),
+    )
+    progress = Progress(
+        total,
+        offset,
+        workers=workers,
+        size=size if first else None,  # one worker says it, not every one
+    )
+    progress.seed_best(study)
+    progress.seed_time(study)
+    progress.stale_after = 3.0 * heartbeat  # the grace period open_storage gives Optuna
+    keeper = make_keeper(cfg, data, artifacts)
+    reason = run_until_budget(
+        study,
+        make_objective(cfg, data, progress.epoch, keeper, command=command),
+        claim_lock(optuna_private.storage_of(study), study.study_name),
+        callbacks=[progress.trial_done, *([keeper.settle] if keeper is not None else [])],
+        catch=(TrialOutOfMemory,),
+        poll_seconds=min(5.0, float(heartbeat)),
+        grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
+        on_requeue=progress.requeued,
+        on_wait=progress.waiting,
+        run_id=run_id,
+    )
+    if reason == "grid exhausted":
+        say("the grid is exhausted: every point has a finished trial")
+
+
+def _most_blocks(cfg: StudyConfig) -> int:
+    """The most conv blocks the search space allows (each halves the image)."""
+    from hpsearch.space import BASELINE, Choice, Fixed, FloatRange, IntRange
+
+    spec = cfg.search.space.get("n_blocks", Fixed(BASELINE["n_blocks"]))
+    if isinstance(spec, Fixed):
+        return int(spec.value)
+    if isinstance(spec, Choice):
+        return max(int(c) for c in spec.choices)
+    if isinstance(spec, IntRange | FloatRange):
+        return int(spec.high)
+    return int(BASELINE["n_blocks"])
+
+
+def _summary(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    share: Share,
+    url: str,
+    exits: tuple[tuple[int, int], ...],
+) -> RunSummary:
+    """What the run did; ``done`` when its share of the budget (or the grid) is done."""
+    import optuna
+
+    from hpsearch.results.read import ranked
+    from hpsearch.storage.budget import finished_by
+    from hpsearch.storage.state import finished_count, target
+    from hpsearch.storage.study import grid_check
+
+    trials = study.get_trials(deepcopy=False)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    finished = finished_count(study)
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    top = ranked(study)
+    best = Best(top[0].number, top[0].values[0], dict(top[0].params)) if top else None
+    # A run that joined later may have raised the target; this run answers for its own share
+    # (or less, where one that stopped early took its part back).
+    goal = min(share.target, target(study) or share.target)
+    done = finished >= goal or (
+        cfg.search.sampler.name == "grid" and grid_check(cfg)(study) == "exhausted"
+    )
+    return RunSummary(
+        study_name=study.study_name,
+        url=url,
+        finished_here=finished_by(study, share.run_id),
+        finished=finished,
+        failed=failed,
+        running=running,
+        best=best,
+        goal=goal,
+        done=done,
+        worker_exits=exits,
+    )
+
+
+def device_for(cfg: StudyConfig) -> torch.device:
+    """The study's ``train.device``, resolved; a CUDA device that is not there is a ConfigError."""
+    import torch
+
+    from hpsearch.engine.train import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device: {cfg.train.device} requested but no CUDA device is available"
+        )
+    return device

@@ -1,0 +1,258 @@
+"""Every use of Optuna's private parts, in one module that checks them when it is imported.
+
+hpsearch reaches past Optuna's public API in a few places: the storage and id a study holds, the
+RDB storage behind Optuna's cache layer, the RDB storage's private methods (retried, and one
+overridden, by :mod:`hpsearch.storage.resilience`), Optuna's ``trials`` and
+``trial_user_attributes`` tables (read and written with SQL), the order in which a study pops
+waiting trials, the system attributes Optuna keeps on trials, and the name of the logger of
+``study.optimize``.
+
+No other module of hpsearch names any of these (``tests/test_optuna_private.py`` scans the
+sources). When an Optuna release renames or drops one, importing this module (and so hpsearch)
+fails with an ImportError that names each missing part and the installed Optuna version, instead
+of a retry silently lost or a worker failing at its first trial. ``pyproject.toml`` caps Optuna
+below its next major version for the same reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+OPTIMIZE_LOGGER = "optuna.study._optimize"  # the logger of study.optimize's "Trial N failed"
+
+# System attributes Optuna itself keeps on trials.
+FIXED_PARAMS = "fixed_params"  # an enqueued trial's parameters
+FAILED_TRIAL = "failed_trial"  # on a retry of a stale trial: the number of the trial it retries
+GRID_ID = "grid_id"  # GridSampler: the trial's grid point
+SEARCH_SPACE = "search_space"  # GridSampler: the grid it came from
+
+# RDBStorage's private methods that Optuna's cache layer calls instead of the public ones:
+# hpsearch.storage.resilience retries them like the public ones.
+RDB_PRIVATE_METHODS = (
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+)
+# The method through which both ``create_new_trial`` and the cache layer create a trial.
+_CREATE_NEW_TRIAL = "_create_new_trial"
+
+TRIALS_TABLE = "trials"
+TRIAL_USER_ATTRS_TABLE = "trial_user_attributes"
+_TRIAL_COLUMNS = ("trial_id", "number", "study_id", "state")
+_TRIAL_USER_ATTR_COLUMNS = ("trial_id", "key", "value_json")
+_HEARTBEAT_COLUMNS = ("trial_id",)
+
+# Instance attributes that a class's __init__ sets: (module, class, attribute).
+_INSTANCE_ATTRS = (
+    ("optuna.study", "Study", "_storage"),
+    ("optuna.study", "Study", "_study_id"),
+    ("optuna.trial", "FrozenTrial", "_trial_id"),
+    ("optuna.storages._cached_storage", "_CachedStorage", "_backend"),
+)
+# Module-level names: (module, name).
+_MODULE_NAMES = (
+    ("optuna.storages._rdb.storage", "_create_scoped_session"),
+    ("optuna.storages._rdb.models", "TrialModel"),
+    ("optuna.storages._rdb.models", "TrialUserAttributeModel"),
+    ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
+)
+# Methods on classes: (class, name).
+_METHODS: tuple[tuple[type, str], ...] = (
+    *((RDBStorage, name) for name in (*RDB_PRIVATE_METHODS, _CREATE_NEW_TRIAL)),
+    (optuna.Study, "_pop_waiting_trial_id"),
+)
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def missing() -> list[str]:
+    """The private parts of Optuna hpsearch uses that the installed Optuna lacks."""
+    gone: list[str] = []
+    if _module(OPTIMIZE_LOGGER) is None:
+        gone.append(f"module {OPTIMIZE_LOGGER}")
+    for mod, cls_name, attr in _INSTANCE_ATTRS:
+        cls = getattr(_module(mod), cls_name, None)
+        init = getattr(cls, "__init__", None)
+        code = getattr(init, "__code__", None)
+        if code is None or attr not in code.co_names:
+            gone.append(f"{mod}.{cls_name}().{attr}")
+    for mod, name in _MODULE_NAMES:
+        if not hasattr(_module(mod), name):
+            gone.append(f"{mod}.{name}")
+    for cls, name in _METHODS:
+        if not callable(getattr(cls, name, None)):
+            gone.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    models = _module("optuna.storages._rdb.models")
+    tables = (
+        ("TrialModel", TRIALS_TABLE, _TRIAL_COLUMNS),
+        ("TrialUserAttributeModel", TRIAL_USER_ATTRS_TABLE, _TRIAL_USER_ATTR_COLUMNS),
+        ("TrialHeartbeatModel", None, _HEARTBEAT_COLUMNS),
+    )
+    for model_name, table, columns in tables:
+        model = getattr(models, model_name, None)
+        sql_table = getattr(model, "__table__", None)
+        if sql_table is None:
+            continue  # named above
+        if table is not None and sql_table.name != table:
+            gone.append(f"table {table} ({model_name}'s table is {sql_table.name})")
+        gone += [f"column {sql_table.name}.{c}" for c in columns if c not in sql_table.columns]
+    trial_model = getattr(models, "TrialModel", None)
+    if trial_model is not None and "heartbeats" not in sa.inspect(trial_model).relationships:
+        gone.append("relationship TrialModel.heartbeats")
+    return gone
+
+
+def _check() -> None:
+    gone = missing()
+    if gone:
+        raise ImportError(
+            f"hpsearch relies on private parts of Optuna that Optuna {optuna.__version__} does "
+            f"not have: {', '.join(gone)}; install the Optuna version pyproject.toml allows"
+        )
+
+
+_check()
+
+from optuna.storages._rdb import models as _models  # noqa: E402 - checked above
+from optuna.storages._rdb.storage import _create_scoped_session  # noqa: E402 - checked above
+
+# --- a study's storage -----------------------------------------------------------------------
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study talks to (for an RDB storage: Optuna's cache layer around it)."""
+    storage: optuna.storages.BaseStorage = study._storage
+    return storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage."""
+    return int(study._study_id)
+
+
+def backend(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage behind Optuna's cache layer (a study wraps RDBStorage in one), else itself."""
+    inner: optuna.storages.BaseStorage = getattr(storage, "_backend", storage)
+    return inner
+
+
+def study_backend(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage behind the study's cache layer: it reads the database, not the cache."""
+    return backend(storage_of(study))
+
+
+def trial_id(trial: FrozenTrial) -> int:
+    """The trial's id in its storage (not its number)."""
+    return int(trial._trial_id)
+
+
+def set_pop_waiting(study: optuna.Study, pop: Callable[[], int | None]) -> None:
+    """Replace how ``study`` picks the next waiting trial (Optuna pops them in number order):
+    ``pop`` marks one RUNNING and returns its trial id, or returns None."""
+    setattr(study, "_pop_waiting_trial_id", pop)  # noqa: B010 - an instance override
+
+
+# --- RDBStorage's private methods ----------------------------------------------------------
+
+
+def override_create_new_trial(
+    cls: type[RDBStorage],
+    method: Callable[[Any, int, FrozenTrial | None], FrozenTrial],
+) -> None:
+    """Make ``method`` the way ``cls`` (an RDBStorage subclass) creates every trial: both
+    ``create_new_trial`` and Optuna's cache layer go through RDBStorage's private method."""
+    setattr(cls, _CREATE_NEW_TRIAL, method)
+
+
+def rdb_create_new_trial(
+    storage: RDBStorage, study_id: int, template_trial: FrozenTrial | None
+) -> FrozenTrial:
+    """RDBStorage's own trial creation, for an override to call."""
+    trial: FrozenTrial = RDBStorage._create_new_trial(storage, study_id, template_trial)
+    return trial
+
+
+def add_missing_heartbeats(storage: RDBStorage, study_id: int) -> list[int]:
+    """Give each RUNNING trial of the study that has no heartbeat record one, dated by the
+    database's clock, in one transaction; returns their numbers. An IntegrityError (another
+    worker, or the owner, wrote a record first) is ignored, by Optuna's session helper."""
+    from sqlalchemy.orm import selectinload
+
+    trial_model: Any = _models.TrialModel
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        running = (
+            session.query(trial_model)
+            .options(selectinload(trial_model.heartbeats))
+            .filter(trial_model.state == TrialState.RUNNING)
+            .filter(trial_model.study_id == study_id)
+            .all()
+        )
+        orphans = [t for t in running if not t.heartbeats]
+        for t in orphans:
+            session.add(_models.TrialHeartbeatModel(trial_id=t.trial_id))
+        return [int(t.number) for t in orphans]
+
+
+# --- Optuna's tables, with SQL ---------------------------------------------------------------
+
+
+def state_count_rows(engine: sa.Engine, study_id: int) -> list[Any]:
+    """(state, count) rows of the study's trials, counted by the database in one query; a state
+    reads as its enum name or as ``TrialState.NAME``."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    f"SELECT state, COUNT(*) FROM {TRIALS_TABLE} WHERE study_id = :s GROUP BY state"
+                ),
+                {"s": study_id},
+            ).all()
+        )
+
+
+_ATTRS = sa.table(
+    TRIAL_USER_ATTRS_TABLE,
+    sa.column("trial_id", sa.Integer),
+    sa.column("key", sa.String),
+    sa.column("value_json", sa.Text),
+)
+
+
+def read_trial_user_attrs(engine: sa.Engine, trial_id: int, keys: Sequence[str]) -> dict[str, Any]:
+    """A trial's user attributes ``keys`` as the database has them now (Optuna's in-process
+    cache never re-reads a finished trial)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(_ATTRS.c.key, _ATTRS.c.value_json).where(
+                _ATTRS.c.trial_id == trial_id, _ATTRS.c.key.in_(list(keys))
+            )
+        ).all()
+    return {str(k): json.loads(v) for k, v in rows}
+
+
+def write_trial_user_attrs(engine: sa.Engine, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Set user attributes of a trial, finished or not, in one transaction (insert or update)."""
+    with engine.begin() as conn:
+        for key, value in attrs.items():
+            where = (_ATTRS.c.trial_id == trial_id) & (_ATTRS.c.key == key)
+            done = conn.execute(sa.update(_ATTRS).where(where).values(value_json=json.dumps(value)))
+            if done.rowcount == 0:
+                conn.execute(
+                    sa.insert(_ATTRS).values(
+                        trial_id=trial_id, key=key, value_json=json.dumps(value)
+                    )
+                )

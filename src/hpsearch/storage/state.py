@@ -1,0 +1,129 @@
+"""The study's data contract: the attributes hpsearch records on trials and on the study, and
+the queries of the study's state (its target, its trials as the database has them, counts).
+
+The README, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
+these attributes by name, so they are named once, here; a renamed constant changes what every
+tool reads. No torch here, and nothing of the worker loop: the commands that only read a
+study import this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.storage import optuna_private
+from hpsearch.storage.resilience import retrying
+
+# --- trial user attributes ---------------------------------------------------------------------
+# Recorded by the objective on every trial it runs (see hpsearch.search.objective):
+SEED_ATTR = "seed"  # the trial's training seed (a re-run or retry carries its original's)
+CONFIG_ATTR = "config"  # the whole study config the trial ran with (a mapping)
+DEVICE_ATTR = "device"  # the device it trained on
+VERSIONS_ATTR = "versions"  # the versions of hpsearch, torch, optuna, ...
+COMMAND_ATTR = "command"  # the hpsearch command line (secrets masked)
+WORKER_ATTR = "worker"  # "<host>:<pid>" of the worker that ran it
+N_PARAMS_ATTR = "n_params"  # the model's parameter count
+BATCH_SIZE_ATTR = "batch_size"
+ACTIVATIONS_ATTR = "activations"  # activations per image (the memory a batch needs)
+EPOCHS_RUN_ATTR = "epochs_run"  # epochs trained (fewer than asked when pruned or stopped early)
+VAL_ACCURACY_BY_EPOCH_ATTR = "val_accuracy_by_epoch"  # the learning curve
+TRAIN_IMAGES_PER_S_ATTR = "train_images_per_s"
+EPOCH_SECONDS_ATTR = "epoch_seconds"  # mean seconds per epoch
+TRAIN_LOSS_ATTR = "train_loss"  # of the last epoch
+VAL_LOSS_ATTR = "val_loss"  # of the last epoch
+LATENCY_MS_ATTR = "latency_ms"  # measured inference latency per image
+LATENCY_DEVICE_ATTR = "latency_device"  # the device latency_ms was measured on
+PRUNED_REASON_ATTR = "pruned_reason"  # why a PRUNED trial was pruned
+FAIL_REASON_ATTR = "fail_reason"  # why a FAIL trial failed (see STOPPED_PREFIX)
+OOM_ATTR = "oom"  # True on a trial that ran out of GPU memory
+STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
+# Marks of the trials a new study enqueues (see hpsearch.storage.study):
+BASELINE_ATTR = "baseline"  # the seed baseline: the search space's defaults
+NEAR_BASELINE_ATTR = "near_baseline"  # a start-up trial near the baseline
+# Set by the worker loop (see hpsearch.search.workers and hpsearch.storage.budget):
+RERUN_ATTR = "rerun_of"  # on a trial enqueued to re-run an interrupted one: that trial's number
+RUN_ATTR = "run_id"  # the hpsearch run whose worker ran the trial
+# Set by the checkpoint keeper (see hpsearch.storage.checkpoint and hpsearch.storage.artifacts):
+CHECKPOINT_ATTR = "checkpoint"  # the artifact id of its checkpoint
+CHECKPOINT_ERROR_ATTR = "checkpoint_error"  # why its checkpoint could not be kept
+# What hpsearch confirm records (see hpsearch.search.confirm). On each confirmed trial:
+CONFIRM_RUNS = "confirm_runs"  # one entry per finished retrain: seed, val_accuracy, ...
+CONFIRM_VAL_MEAN = "confirm_val_accuracy_mean"
+CONFIRM_VAL_STD = "confirm_val_accuracy_std"  # sample standard deviation (0 for one run)
+CONFIRM_N = "confirm_n"  # runs in the mean (a diverged run is recorded but not averaged)
+CONFIRM_TEST_MEAN = "confirm_test_accuracy_mean"  # with --data: accuracy on the test directory
+CONFIRM_TEST_STD = "confirm_test_accuracy_std"
+CONFIRM_TEST_N = "confirm_test_n"  # runs in the test mean (those trained with this --data)
+CONFIRM_TEST_DATA = "confirm_test_data"  # the test directory of the test mean
+CONFIRM_CHECKPOINT = "confirm_checkpoint"  # artifact id: the model of its best confirm run
+
+# --- study user attributes ---------------------------------------------------------------------
+TARGET_ATTR = "target_trials"  # how many trials must finish (COMPLETE or PRUNED)
+METRIC_ATTR = "metric"  # the first objective's metric: "val_accuracy"
+OBJECTIVES_ATTR = "objectives"  # what each of the trial's values is
+STUDY_FILE_ATTR = "study_file"  # the resolved path of the study file it was made from
+STUDY_FILE_SHA_ATTR = "study_file_sha256"  # that file's content, as last run there
+KEPT_ATTR = "kept_checkpoints"  # trials whose checkpoint is kept, best first
+CONFIRMED_ATTR = "confirmed"  # the confirmed winner (trial, its means, its checkpoint)
+CLAIMS_ATTR = "confirm_claims"  # {"<trial>:<run>": "<host>:<pid>"}: confirm runs being trained
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that count toward the target
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+# --- the study's state -------------------------------------------------------------------------
+
+
+def target(study: optuna.Study) -> int | None:
+    """The study's target of finished trials, or None when no hpsearch run set one."""
+    value = study.user_attrs.get(TARGET_ATTR)
+    return int(value) if value is not None else None
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def fresh_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """All trials as the database has them now, bypassing Optuna's in-process trial cache."""
+    backend = optuna_private.study_backend(study)
+    trials: list[FrozenTrial] = backend.get_all_trials(
+        optuna_private.study_id(study), deepcopy=False
+    )
+    return trials
+
+
+def running_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The RUNNING trials as the database has them now."""
+    backend = optuna_private.study_backend(study)
+    trials: list[FrozenTrial] = backend.get_all_trials(
+        optuna_private.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)
+    )
+    return trials
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state name (``COMPLETE``, ``FAIL``, ...), counted by the database in one query."""
+    backend = optuna_private.study_backend(study)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+    engine = backend.engine
+    sid = optuna_private.study_id(study)
+
+    def count() -> list[Any]:
+        return optuna_private.state_count_rows(engine, sid)
+
+    rows = retrying(count, "counting trials")
+    return {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
+
+
+def count_states(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials, counted by the database in one query."""
+    by_state = state_counts(study)
+    return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
