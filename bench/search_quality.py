@@ -54,7 +54,8 @@ from hpsearch.search.workers import requeue_interrupted, reruns_first
 from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
 from hpsearch.storage import optuna_private
 from hpsearch.storage.state import BASELINE_ATTR, FAIL_REASON_ATTR, STOPPED_PREFIX
-from hpsearch.storage.study import open_storage, open_study
+from hpsearch.storage.study import open_study
+from hpsearch.storage.urls import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.52  # a validation accuracy no better than guessing on two balanced classes

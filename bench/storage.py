@@ -33,7 +33,7 @@ import psycopg
 from hpsearch.search.workers import run_until_budget
 from hpsearch.storage.claims import claim_lock
 from hpsearch.storage.state import TARGET_ATTR, count_states
-from hpsearch.storage.study import open_storage
+from hpsearch.storage.urls import open_storage
 
 REPORTS = 5
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from conftest import PG_ADMIN, hpsearch
-from hpsearch.storage.study import mask_secrets
+from hpsearch.storage.urls import mask_secrets
 
 SECRET = "s3cret-Pa55"
 

@@ -18,7 +18,7 @@ from hpsearch.results.read import ranked
 from hpsearch.storage.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.storage.checkpoint import load_checkpoint
 from hpsearch.storage.state import CHECKPOINT_ATTR, KEPT_ATTR
-from hpsearch.storage.study import artifacts_dir
+from hpsearch.storage.urls import artifacts_dir
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from hpsearch.storage.budget import join, run_lease, withdraw
 from hpsearch.storage.claims import claim_lock
 from hpsearch.storage.resilience import ResilientRDBStorage
 from hpsearch.storage.state import TARGET_ATTR, target
-from hpsearch.storage.study import open_storage
+from hpsearch.storage.urls import open_storage
 
 X = {"x": FloatDistribution(0, 1)}
 

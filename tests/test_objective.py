@@ -12,7 +12,8 @@ from hpsearch.config import StudyConfig, load_study, parse_set
 from hpsearch.engine.data import DeviceData, load_data
 from hpsearch.engine.train import EpochMetrics
 from hpsearch.search.objective import TrialOutOfMemory, make_objective
-from hpsearch.storage.study import open_storage, open_study
+from hpsearch.storage.study import open_study
+from hpsearch.storage.urls import open_storage
 
 
 @pytest.fixture(scope="module")

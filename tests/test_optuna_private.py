@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from hpsearch.storage import optuna_private, resilience
 from hpsearch.storage.state import state_counts
-from hpsearch.storage.study import open_storage
+from hpsearch.storage.urls import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "hpsearch"

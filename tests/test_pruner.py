@@ -1,7 +1,7 @@
 """The catdog study's pruner, as its file configures it, on the history that starved it.
 
 With ``n_startup_trials: 2`` a lucky seed baseline and one more finished trial made a median that
-every later trial missed after one epoch (18 of 20 pruned; README, How good is the search). These
+every later trial missed after one epoch (18 of 20 pruned; docs/search-quality.md). These
 tests replay that history through the pruner the study file builds today.
 """
 

@@ -20,7 +20,8 @@ from hpsearch.search.objective import TrialOutOfMemory, make_objective
 from hpsearch.search.run import JoinOptions, RunOptions, RunSummary, join_search, run_search
 from hpsearch.search.train_one import TrainOptions, train_one
 from hpsearch.space import trial_seed
-from hpsearch.storage.study import check_storage, open_storage, open_study
+from hpsearch.storage.study import open_study
+from hpsearch.storage.urls import check_storage, open_storage
 
 TINY = ("data.max_per_class=40", "data.val_max_per_class=20", "train.epochs=1")
 SECRET = "s3cret-Pa55"

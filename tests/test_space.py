@@ -26,7 +26,8 @@ from hpsearch.space import (
     split_block_name,
     to_trial_spec,
 )
-from hpsearch.storage.study import make_sampler, open_storage, open_study
+from hpsearch.storage.study import make_sampler, open_study
+from hpsearch.storage.urls import open_storage
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])

@@ -196,7 +196,7 @@ def test_claim_lock_excludes_other_processes(workdir: Path, pg_url: str) -> None
     from filelock import FileLock, Timeout
 
     from hpsearch.storage.claims import PgAdvisoryLock, claim_lock
-    from hpsearch.storage.study import open_storage
+    from hpsearch.storage.urls import open_storage
 
     lite = optuna.create_study(storage=open_storage(f"sqlite:///{workdir / 'l.db'}"))
     beside = claim_lock(lite._storage, lite.study_name)  # a file lock beside the SQLite file

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from hpsearch.cli.data import add_data_command
 from hpsearch.cli.results import (
     HelpFormatter,
     add_results_commands,
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _confirm_parser(sub)
     add_results_commands(sub)
     add_serve_command(sub)
+    add_data_command(sub)
     return parser
 
 
@@ -263,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: RunSummary) -> int:
     """Print what the run did; exit code 0 when its share of the budget (or the grid) is done."""
-    from hpsearch.storage.study import mask_url, storage_url
+    from hpsearch.storage.urls import mask_url, storage_url
 
     for index, code in summary.worker_exits:
         how = f"signal {-code}" if code < 0 else f"exit code {code}"

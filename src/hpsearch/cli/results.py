@@ -218,7 +218,7 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 def open_for(args: argparse.Namespace) -> tuple[optuna.Study, str, Path]:
     """(study, storage URL, artifact directory) for a results command."""
     from hpsearch.results.read import open_existing, study_name
-    from hpsearch.storage.study import artifacts_dir, storage_url
+    from hpsearch.storage.urls import artifacts_dir, storage_url
 
     url = storage_url(args.storage)
     study = open_existing(url, study_name(args.study, args.study_name))
@@ -281,7 +281,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.results.read import open_existing, study_name
     from hpsearch.serve.dashboard import bind, dashboard_url, serve
     from hpsearch.storage import optuna_private
-    from hpsearch.storage.study import artifacts_dir, mask_url, open_storage, storage_url
+    from hpsearch.storage.urls import artifacts_dir, mask_url, open_storage, storage_url
 
     url = storage_url(args.storage)
     store = artifacts_dir(url, args.artifacts)

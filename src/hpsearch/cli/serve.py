@@ -93,7 +93,7 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpsearch.serve.app import Limits, Model, create_app, listen, model_info, run
     from hpsearch.serve.dashboard import dashboard_url
-    from hpsearch.storage.study import mask_url
+    from hpsearch.storage.urls import mask_url
 
     study, url, store = open_for(args)
     trial, ckpt, _ = chosen(study, store, args)

@@ -37,7 +37,8 @@ from hpsearch.storage.state import (
     FINISHED,
     TARGET_ATTR,
 )
-from hpsearch.storage.study import is_feasible, mask_url, objectives_of, open_storage
+from hpsearch.storage.study import is_feasible, objectives_of
+from hpsearch.storage.urls import mask_url, open_storage
 
 
 def study_name(study_arg: str, study_name_arg: str | None) -> str:

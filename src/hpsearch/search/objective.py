@@ -57,7 +57,7 @@ from hpsearch.storage.state import (
     VERSIONS_ATTR,
     WORKER_ATTR,
 )
-from hpsearch.storage.study import mask_secrets
+from hpsearch.storage.urls import mask_secrets
 
 
 class TrialOutOfMemory(Exception):

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.errors import ConfigError, HpsearchError, StorageError
+from hpsearch.errors import ConfigError, HpsearchError
 
 if TYPE_CHECKING:
     import optuna
@@ -139,43 +137,28 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
 
     from hpsearch.engine.data import load_data
     from hpsearch.search.launcher import launch, plan_slots
-    from hpsearch.storage.budget import join, run_lease, withdraw
-    from hpsearch.storage.claims import claim_lock
-    from hpsearch.storage.compat import check_reuse
-    from hpsearch.storage.study import (
-        artifacts_dir,
-        check_storage,
-        mask_url,
-        open_storage,
-        open_study,
-        storage_url,
-    )
+    from hpsearch.storage.study import check_before_opening, open_for_run
+    from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
-    _check_before_storage(cfg, name)
-    check_storage(url)  # a mistyped or unreachable storage, before the slow work below
+    check_before_opening(cfg, url, name)  # before the slow work below, and before any write
     slots = plan_slots(opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say))
     local = len(slots) == 1 and slots[0].gpu is None
     device = device_for(cfg) if local else None
     import torch
 
     data = load_data(cfg.data, device or torch.device("cpu"))  # builds the cache once, here
-    storage = open_storage(url, opts.heartbeat)  # only now: a run that fails above writes nothing
-    # Made, set up and given this run's share under the claim lock, so that two runs started
-    # together make one study with one baseline and add up their budgets.
-    lock = claim_lock(storage, name)
-    lease = run_lease(storage, name)
-    lock.acquire()
-    try:
-        study = open_study(cfg, storage, name)  # schema and study made once, before any worker
-        check_reuse(study, cfg, allow_other_file=opts.allow_other_study_file, record=True)
-        share = join(study, opts.trials, lease, uuid.uuid4().hex[:12])
-    except BaseException:
-        lease.release()
-        raise
-    finally:
-        lock.release()
+    # only now: a run that fails above writes nothing
+    opened = open_for_run(
+        cfg,
+        url,
+        name,
+        opts.trials,
+        heartbeat=opts.heartbeat,
+        allow_other_file=opts.allow_other_study_file,
+    )
+    study, share = opened.study, opened.share
     s = cfg.search
     say(
         f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
@@ -230,25 +213,8 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 (slot.index, code) for slot, code in zip(slots, codes, strict=True) if code != 0
             ]
     finally:
-        try:
-            withdraw(study, share, lock)  # a no-op once the share is done
-        except Exception as e:  # the reason the run stopped matters more
-            log.warning("could not take back this run's unfinished trials: %s", e)
-        lease.release()
+        opened.close()  # what is left of this run's share goes back (none once it is done)
     return _summary(cfg, study, share, url, tuple(exits))
-
-
-def _check_before_storage(cfg: StudyConfig, name: str) -> None:
-    """What open_study would find wrong after the database exists: an unusable study name and
-    sampler or pruner options that Optuna's constructors refuse."""
-    from hpsearch.storage.study import MAX_STUDY_NAME, make_pruner, make_sampler
-
-    if len(name) > MAX_STUDY_NAME:
-        raise ConfigError(
-            f"--study-name: at most {MAX_STUDY_NAME} characters (Optuna's limit), got {len(name)}"
-        )
-    make_sampler(cfg, 0)
-    make_pruner(cfg)
 
 
 def join_search(opts: JoinOptions, say: Say) -> None:
@@ -259,42 +225,22 @@ def join_search(opts: JoinOptions, say: Say) -> None:
     import torch
 
     from hpsearch.engine.data import load_data
-    from hpsearch.storage.compat import check_reuse
-    from hpsearch.storage.state import target
-    from hpsearch.storage.study import (
-        artifacts_dir,
-        mask_url,
-        open_storage,
-        open_study,
-        storage_url,
-    )
+    from hpsearch.storage.study import join_study
+    from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
 
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    from hpsearch.storage.existing import require_studies
-
     url = storage_url(opts.storage)
-    storage = None
     name = opts.study_name or cfg.name
-    seed_offset = 7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid()
-    deadline = time.monotonic() + opts.wait
-    while True:
-        try:
-            if storage is None:
-                require_studies(url)  # a worker joins a study; it never creates the database
-                storage = open_storage(url, opts.heartbeat)
-            study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
-            goal = target(study)
-            if goal is None:
-                raise StorageError(
-                    f"study {name!r} has no trial budget; start it with hpsearch run"
-                )
-            break
-        except StorageError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(2)
-    check_reuse(study, cfg, allow_other_file=opts.allow_other_study_file, record=False)
+    study, goal = join_study(
+        cfg,
+        url,
+        name,
+        heartbeat=opts.heartbeat,
+        seed_offset=7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid(),
+        wait=opts.wait,
+        allow_other_file=opts.allow_other_study_file,
+    )
     device = device_for(cfg)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")

@@ -61,7 +61,7 @@ def train_one(
         params = rec.params
     else:
         from hpsearch.results.read import open_existing, pick_trial
-        from hpsearch.storage.study import storage_url
+        from hpsearch.storage.urls import storage_url
 
         study = open_existing(storage_url(opts.storage), opts.study_name or cfg.name)
         number = None if label == "best" else int(label)

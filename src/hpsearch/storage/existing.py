@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError, first_line
-from hpsearch.storage.study import in_memory_message, is_in_memory_sqlite, mask_url
+from hpsearch.storage.urls import in_memory_message, is_in_memory_sqlite, mask_url
 
 
 def require_database(url: str) -> None:

@@ -1,7 +1,7 @@
 """The study's data contract: the attributes hpsearch records on trials and on the study, and
 the queries of the study's state (its target, its trials as the database has them, counts).
 
-The README, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
+The docs, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
 these attributes by name, so they are named once, here; a renamed constant changes what every
 tool reads. No torch here, and nothing of the worker loop: the commands that only read a
 study import this.

@@ -1,43 +1,46 @@
-"""The one place where storage URLs, samplers, pruners and studies are built from the config.
+"""Opening a study: samplers and pruners built from the study file, the study made (once, with
+its seed baseline) or loaded, and what ``hpsearch run`` and ``hpsearch worker`` do to open one,
+each a function to read top to bottom (:func:`open_for_run`, :func:`join_study`).
 
-Everything else receives an ``optuna.Study``, never a URL string.
+Storage URLs are :mod:`hpsearch.storage.urls`; everything past this module receives an
+``optuna.Study``, never a URL string.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
+import logging
 import random
-import re
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
-import sqlalchemy
-import sqlalchemy.exc
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
 from hpsearch.config import NamedOptions, StudyConfig
-from hpsearch.errors import ConfigError, StorageError, first_line
+from hpsearch.errors import ConfigError, StorageError
 from hpsearch.space import baseline_params, near_baseline_params
 from hpsearch.storage import optuna_private
-from hpsearch.storage.compat import check_directions, record_study_file
-from hpsearch.storage.resilience import ResilientRDBStorage
+from hpsearch.storage.budget import RunLease, Share, join, run_lease, withdraw
+from hpsearch.storage.claims import Lock, claim_lock, held
+from hpsearch.storage.compat import check_directions, check_reuse, record_study_file
+from hpsearch.storage.existing import require_studies
 from hpsearch.storage.state import (
     BASELINE_ATTR,
     METRIC_ATTR,
     NEAR_BASELINE_ATTR,
     OBJECTIVES_ATTR,
     fresh_trials,
+    target,
 )
+from hpsearch.storage.urls import check_storage, open_storage
 
 T = TypeVar("T")
-DEFAULT_STORAGE = "sqlite:///hpsearch.db"
-SCHEMES = ("sqlite", "postgresql", "mysql")
+log = logging.getLogger("hpsearch")
 MAX_STUDY_NAME = 512  # Optuna's studies.study_name column is VARCHAR(512)
 
 
@@ -51,169 +54,6 @@ def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
     """Within the study's deployment budget (``search.constraints``): every constraint Optuna
     recorded for the trial is <= 0 (a trial with none is feasible)."""
     return all(v <= 0 for v in t.constraints.values())
-
-
-def storage_url(cli_value: str | None) -> str:
-    """``--storage``, else ``$HPSEARCH_STORAGE``, else an SQLite file in the working directory."""
-    return cli_value or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
-    """Where checkpoints (Optuna artifacts) live: ``--artifacts``, else ``$HPSEARCH_ARTIFACTS``,
-    else beside an SQLite file (``hpsearch.db`` -> ``hpsearch-artifacts/``), else
-    ``./hpsearch-artifacts`` (PostgreSQL: give every host the same shared directory)."""
-    chosen = cli_value or os.environ.get("HPSEARCH_ARTIFACTS")
-    if chosen:
-        return Path(chosen).expanduser().resolve()
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        parsed = None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not db.startswith("file:"):
-            path = Path(db).expanduser().resolve()
-            return path.with_name(f"{path.stem}-artifacts")
-    return Path("hpsearch-artifacts").resolve()
-
-
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^\s/]*@")
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (command lines)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to print and log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return "<unparseable storage URL>"
-
-
-def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url``; a bad URL or an unreachable database is a StorageError.
-
-    With ``heartbeat`` (seconds), a running trial writes a heartbeat that often; one silent for
-    three intervals is marked failed and retried (up to twice) by the next worker that claims.
-    """
-    shown = mask_url(url)
-    url, engine_kwargs = _engine_args(url)
-    try:
-        beat: dict[str, Any] = {}
-        if heartbeat:
-            beat = {
-                "heartbeat_interval": heartbeat,
-                "grace_period": 3 * heartbeat,
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=2
-                ),
-            }
-        return _create_storage(url, engine_kwargs, beat)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        raise StorageError(f"cannot open storage {shown}: {_reason(e, url, shown)}") from None
-
-
-def check_storage(url: str) -> None:
-    """Find what :func:`open_storage` would refuse in ``url`` without writing anything, so that
-    a mistyped or unreachable storage is reported before the slow work that precedes opening
-    it (the GPU probe, the data decode): a URL that is no database URL or of an unknown scheme,
-    an in-memory SQLite database, an SQLite file in a directory that does not exist or cannot be
-    written, a file that is not a database, a server that does not answer or has no such
-    database. Nothing is created: a new SQLite file is made by open_storage, later."""
-    shown = mask_url(url)
-    url, engine_kwargs = _engine_args(url)
-    parsed = make_url(url)
-    db = parsed.database or ""
-    if parsed.get_backend_name() == "sqlite" and not db.startswith("file:"):
-        path = Path(db).expanduser()
-        if not path.exists():
-            folder = path.parent.resolve()
-            if not folder.is_dir():
-                why = f"{folder} {'is not a directory' if folder.exists() else 'does not exist'}"
-            elif not os.access(folder, os.W_OK | os.X_OK):
-                why = f"cannot create a file in {folder}"
-            else:
-                return  # a new database, made where it can be
-            raise StorageError(f"cannot open storage {shown}: {why}")
-    try:
-        engine = sqlalchemy.create_engine(url, **engine_kwargs)
-        try:
-            sqlalchemy.inspect(engine).has_table("studies")  # reads; creates nothing
-        finally:
-            engine.dispose()
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        raise StorageError(f"cannot open storage {shown}: {_reason(e, url, shown)}") from None
-
-
-def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
-    """The URL to connect to (PostgreSQL through psycopg 3) and SQLAlchemy's engine options;
-    a URL that open_storage would refuse before connecting is a StorageError."""
-    shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(
-            f"storage URL {shown} is not a database URL (e.g. {DEFAULT_STORAGE})"
-        ) from None
-    scheme = parsed.get_backend_name()
-    if scheme not in SCHEMES:
-        raise StorageError(
-            f"storage URL {shown}: unknown scheme {scheme!r} (use sqlite or postgresql)"
-        )
-    engine_kwargs: dict[str, Any] = {}
-    if scheme == "sqlite" and is_in_memory_sqlite(parsed.database, parsed.query):
-        # Every connection (and so the heartbeat thread, and every worker) would get its own
-        # empty database, and nothing would be kept when the command ends.
-        raise StorageError(in_memory_message(url))
-    if scheme == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": 30}  # seconds to wait on a locked file
-    elif scheme == "postgresql":
-        if parsed.drivername == "postgresql":  # as users write it: use psycopg 3
-            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        engine_kwargs.update(
-            pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 10}
-        )
-    return url, engine_kwargs
-
-
-def _reason(e: BaseException, url: str, shown: str) -> str:
-    """The first line of what the driver said, the URL in it masked."""
-    return first_line(getattr(e, "orig", None) or e).replace(url, shown)
-
-
-def _create_storage(
-    url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]
-) -> ResilientRDBStorage:
-    """The storage; a schema that another process is creating at the same moment (two commands
-    started together on a new database) is waited for rather than reported."""
-    for attempt in range(10):
-        try:
-            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **beat)
-        except sqlalchemy.exc.SQLAlchemyError as e:
-            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
-            if not racing or attempt == 9:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def in_memory_message(shown: str) -> str:
-    return (
-        f"storage URL {shown} is an in-memory SQLite database: nothing would be kept and "
-        f"workers could not share it; use a file, e.g. {DEFAULT_STORAGE}"
-    )
-
-
-def is_in_memory_sqlite(database: str | None, query: Mapping[str, Any]) -> bool:
-    """``sqlite://``, ``sqlite:///:memory:`` and URI forms such as ``file::memory:`` or
-    ``mode=memory``."""
-    if not database or database == ":memory:":
-        return True
-    mode = query.get("mode")
-    return database.startswith("file:") and (":memory:" in database or mode == "memory")
 
 
 def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -395,3 +235,106 @@ def grid_check(cfg: StudyConfig) -> Callable[[optuna.Study], str]:
         return "open"
 
     return check
+
+
+# --- what hpsearch run and hpsearch worker open --------------------------------------------------
+
+
+def check_before_opening(cfg: StudyConfig, url: str, name: str) -> None:
+    """Everything that would fail once the database is written, checked before anything is: the
+    study name (Optuna's limit), the sampler's and pruner's options (Optuna's constructors), and
+    the storage itself, read only (a mistyped or unreachable URL is one line before the slow
+    work of a run: the GPU probe, the photos)."""
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"--study-name: at most {MAX_STUDY_NAME} characters (Optuna's limit), got {len(name)}"
+        )
+    make_sampler(cfg, 0)
+    make_pruner(cfg)
+    check_storage(url)
+
+
+@dataclass(frozen=True)
+class RunStudy:
+    """A study opened by ``hpsearch run``, with this run's share of its budget."""
+
+    study: optuna.Study
+    share: Share
+    lock: Lock  # the study's claim lock
+    lease: RunLease  # held while this run works: other runs see it is still going
+
+    def close(self) -> None:
+        """Take back what is left of this run's share (nothing once it is done), so that the runs
+        still going do not do its work, and let go of the lease."""
+        try:
+            withdraw(self.study, self.share, self.lock)
+        except Exception as e:  # the reason the run stopped matters more
+            log.warning("could not take back this run's unfinished trials: %s", e)
+        finally:
+            self.lease.release()
+
+
+def open_for_run(
+    cfg: StudyConfig, url: str, name: str, trials: int, *, heartbeat: int, allow_other_file: bool
+) -> RunStudy:
+    """Open (or make) the study ``name`` for ``hpsearch run`` and add ``trials`` to its budget.
+
+    1. The storage: Optuna's tables are made here if the database is new (call
+       :func:`check_before_opening` first, so that a run that fails its checks writes nothing).
+    2. The study's claim lock and this run's lease.
+    3. Under the lock, so that two runs started together make one study with one seed baseline
+       and add up their budgets: the study made (its baseline enqueued) or loaded; the study
+       file checked against the one the study was made from, and recorded; this run's trials
+       added to the study's target of finished trials.
+    """
+    storage = open_storage(url, heartbeat)
+    lock = claim_lock(storage, name)
+    lease = run_lease(storage, name)
+    try:
+        with held(lock):
+            study = open_study(cfg, storage, name)
+            check_reuse(study, cfg, allow_other_file=allow_other_file, record=True)
+            share = join(study, trials, lease, uuid.uuid4().hex[:12])
+    except BaseException:
+        lease.release()
+        raise
+    return RunStudy(study, share, lock, lease)
+
+
+def join_study(
+    cfg: StudyConfig,
+    url: str,
+    name: str,
+    *,
+    heartbeat: int,
+    seed_offset: int,
+    wait: float,
+    allow_other_file: bool,
+) -> tuple[optuna.Study, int]:
+    """Open the study ``name`` that ``hpsearch run`` made, for ``hpsearch worker``; returns it
+    and its target of finished trials.
+
+    A worker never makes a database or a study. It waits up to ``wait`` seconds for the study
+    and its budget to appear (a container started before ``hpsearch run``), then checks the study
+    file against the one the study was made from (without recording it: that is run's).
+    """
+    storage = None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if storage is None:
+                require_studies(url)  # never creates the database or Optuna's tables
+                storage = open_storage(url, heartbeat)
+            study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
+            goal = target(study)
+            if goal is None:
+                raise StorageError(
+                    f"study {name!r} has no trial budget; start it with hpsearch run"
+                )
+            break
+        except StorageError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2)
+    check_reuse(study, cfg, allow_other_file=allow_other_file, record=False)
+    return study, goal
