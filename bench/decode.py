@@ -1,7 +1,7 @@
 """Decoding photos for the cache: hpsearch's PIL path vs torchvision's, on the same files.
 
 hpsearch decodes every image once per (data set, image size) with
-``hpsearch.engine.data.decode_image``: PIL with ``draft`` (libjpeg decodes a JPEG at 1/2, 1/4 or
+``hpsearch.engine.images.decode_image``: PIL with ``draft`` (libjpeg decodes a JPEG at 1/2, 1/4 or
 1/8 scale when the target is that much smaller), RGB, then a bilinear resize to SxS. The candidate
 is ``torchvision.io.decode_image`` (full-size decode) followed by
 ``torchvision.transforms.v2.functional.resize`` (bilinear, antialiased). Both run in one thread
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpsearch.engine.data import decode_image
+from hpsearch.engine.images import decode_image
 
 
 def pil(path: Path, size: int) -> np.ndarray:

@@ -40,7 +40,7 @@ def _fail(message: str, code: int = 2) -> None:
 def pick(split_dir: Path, n: int, rng: random.Random) -> list[tuple[str, str]]:
     """``n`` files of ``split_dir``, as equal a share per class as ``n`` allows:
     ``(class, file name)``, in class and then name order."""
-    from hpsearch.engine.data import list_split
+    from hpsearch.engine.images import list_split
 
     classes, files = list_split(split_dir)
     by_class: dict[str, list[str]] = {c: [] for c in classes}
@@ -63,7 +63,7 @@ def make_subset(
     src: Path, dst: Path, train: int, val: int, size: int, quality: int = 90, seed: int = 0
 ) -> dict[str, Any]:
     """Write the subset (atomically: a temp folder renamed into place); returns the manifest."""
-    from hpsearch.engine.data import decode_image
+    from hpsearch.engine.images import decode_image
     from hpsearch.errors import DataError
 
     rng = random.Random(seed)

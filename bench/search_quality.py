@@ -39,23 +39,23 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.cli.results import positive_int
 from hpsearch.config import Override, StudyConfig, load_study, parse_set
-from hpsearch.engine.data import DeviceData, load_data
-from hpsearch.engine.train import fit, resolve_device
 from hpsearch.errors import HpsearchError
-from hpsearch.search.objective import TrialOutOfMemory, make_objective
 from hpsearch.search.workers import requeue_interrupted, reruns_first
 from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
 from hpsearch.storage import optuna_private
 from hpsearch.storage.state import BASELINE_ATTR, FAIL_REASON_ATTR, STOPPED_PREFIX
 from hpsearch.storage.study import open_study
 from hpsearch.storage.urls import open_storage
+
+if TYPE_CHECKING:  # torch: imported once the arguments are checked (a bad arm is one quick line)
+    from hpsearch.engine.data import DeviceData
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.52  # a validation accuracy no better than guessing on two balanced classes
@@ -172,6 +172,8 @@ def run_search(
                 flush=True,
             )
 
+    from hpsearch.search.objective import TrialOutOfMemory, make_objective
+
     objective = make_objective(cfg, data)
     study.optimize(
         objective, n_trials=max(trials - done, 0), catch=(TrialOutOfMemory,), callbacks=[show]
@@ -209,6 +211,8 @@ def run_search(
         # arms of one repeat share their seed and often their winner: the same spec trains once
         key = repr((spec, cfg.train.eval_batch_size))
         if key not in retrain_cache:
+            from hpsearch.engine.train import fit
+
             retrain_cache[key] = fit(spec, data, None, cfg.train.eval_batch_size).val_accuracy
         retrained = retrain_cache[key]
     return SearchResult(
@@ -443,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.repeats)
         }
         first = configs[(arms[0].name, 0)]
+        from hpsearch.engine.data import load_data
+        from hpsearch.engine.train import resolve_device
+
         device = resolve_device(first.train.device)
         t0 = time.perf_counter()
         data = load_data(first.data, device)

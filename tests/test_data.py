@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import small_imagefolder
-from hpsearch.engine.data import cache_root, decode_image, load_data, load_split
+from hpsearch.engine.data import cache_root, load_data, load_split
+from hpsearch.engine.images import decode_image
 from hpsearch.engine.spec import DataConfig
 from hpsearch.errors import DataError
 

@@ -336,9 +336,9 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hpsearch.results.export import export
-
     ckpt, label = _checkpoint(args)
+    from hpsearch.results.export import export  # torch: once the study and trial are found
+
     out = Path(args.output).expanduser()
     export(ckpt, args.format, out)
     s = ckpt.image_size
@@ -351,18 +351,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hpsearch.results.inference import predict
-
     ckpt, _ = _checkpoint(args)
+    from hpsearch.results.inference import predict  # torch: once the study and trial are found
+
     for p in predict(ckpt, args.images, chosen_device(args.device)):
         print(f"{p.path}: {p.label} {p.probability:.4f}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hpsearch.results.inference import evaluate
-
     ckpt, label = _checkpoint(args)
+    from hpsearch.results.inference import evaluate  # torch: once the study and trial are found
+
     result = evaluate(ckpt, Path(args.data), chosen_device(args.device))
     where = "" if args.confirmed else " in the search"
     print(f"{label[:-1]}{where}), {ckpt.image_size}px")

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from filelock import FileLock
 from PIL import Image
 
+from hpsearch.engine.images import _listing, decode_image
 from hpsearch.engine.spec import DataConfig
 from hpsearch.errors import DataError, first_line
 from hpsearch.files import atomic_write, what_is
@@ -30,11 +30,6 @@ from hpsearch.files import atomic_write, what_is
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cache layout changes
-# The files a class folder's listing takes (any case): torchvision ImageFolder's IMG_EXTENSIONS
-# plus .gif, all of which Pillow decodes. Anything else (notes.txt, Thumbs.db) is skipped unread.
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,83 +55,6 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "hpsearch"
 
 
-def list_split(
-    split_dir: Path, max_per_class: int | None = None
-) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """Class names and ``(relative path, label)`` for an ImageFolder split, sorted by name.
-
-    Only image files are taken (``IMAGE_EXTENSIONS``); with ``max_per_class`` only the first N
-    of each class (by name).
-    """
-    classes, files, _ = _listing(split_dir, max_per_class)
-    return classes, files
-
-
-def _listing(
-    split_dir: Path, max_per_class: int | None
-) -> tuple[tuple[str, ...], list[tuple[str, int]], list[str]]:
-    """``list_split`` and the files it left out for not being images (relative paths)."""
-    if not split_dir.is_dir():
-        raise DataError(
-            f"data directory {split_dir} {what_is(split_dir, 'a directory')} (expected "
-            "ImageFolder layout: "
-            f"{split_dir}/<class>/<image>)"
-        )
-    classes = tuple(
-        sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    )
-    if len(classes) < 2:
-        raise DataError(
-            f"{split_dir} has {len(classes)} class folder(s); a classifier needs at least 2"
-        )
-    files: list[tuple[str, int]] = []
-    broken: list[str] = []
-    others: list[str] = []
-    for label, cls in enumerate(classes):
-        found = [
-            e.name
-            for e in os.scandir(split_dir / cls)
-            if not e.name.startswith(".") and _is_file(e, broken)
-        ]
-        names = sorted(n for n in found if n.lower().endswith(IMAGE_EXTENSIONS))
-        skipped = sorted(set(found) - set(names))
-        others.extend(f"{cls}/{n}" for n in skipped)
-        if max_per_class is not None:
-            names = names[:max_per_class]
-        if not names and skipped:
-            raise DataError(
-                f"class folder {split_dir / cls} has no image file, only {len(skipped)} other "
-                f"file(s) such as {skipped[0]} (images end in {', '.join(IMAGE_EXTENSIONS)})"
-            )
-        if not names:
-            raise DataError(f"class folder {split_dir / cls} is empty")
-        files.extend((f"{cls}/{n}", label) for n in names)
-    if broken and str(split_dir) not in _warned:
-        _warned.add(str(split_dir))  # listed again by later steps; said once
-        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-        log.warning(
-            "skipped %d unreadable entr%s in %s: %s",
-            len(broken),
-            "y" if len(broken) == 1 else "ies",
-            split_dir,
-            shown,
-        )
-    return classes, files, others
-
-
-_warned: set[str] = set()
-
-
-def _is_file(entry: os.DirEntry[str], broken: list[str]) -> bool:
-    """Whether ``entry`` is a file; one that cannot be looked at (a symlink loop) is noted in
-    ``broken`` and skipped like an undecodable image."""
-    try:
-        return entry.is_file()
-    except OSError as e:
-        broken.append(f"{Path(entry.path).parent.name}/{entry.name} ({e.strerror or e})")
-        return False
-
-
 def _fingerprint(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -> str:
     """Changes whenever a file is added, removed, resized or touched."""
     h = hashlib.sha256(f"{CACHE_FORMAT}|{split_dir}|{size}".encode())
@@ -144,17 +62,6 @@ def _fingerprint(split_dir: Path, files: Sequence[tuple[str, int]], size: int) -
         st = os.stat(split_dir / rel)
         h.update(f"{rel}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
-
-
-def decode_image(path: Path | BinaryIO, size: int) -> np.ndarray:
-    """One image (a file, or an open binary stream such as an upload) -> ``(size, size, 3)``
-    uint8 RGB, resized like the validation transform."""
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (fast)
-        rgb = im.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.array(rgb, dtype=np.uint8)
 
 
 def _decode_all(

@@ -1,7 +1,7 @@
 """Using a checkpoint: predict labels for image files, evaluate on an ImageFolder directory.
 
 Images are read exactly like the validation images a trial was scored on: decoded with
-``data.decode_image`` (RGB, resized to the study's image size) and normalised by
+``engine.images.decode_image`` (RGB, resized to the study's image size) and normalised by
 ``train.Normalizer``; a directory goes through ``data``'s decode-once cache.
 """
 
@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hpsearch.engine.data import decode_image, list_split, load_split
+from hpsearch.engine.data import load_split
+from hpsearch.engine.images import decode_image, list_split
 from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import Normalizer
 from hpsearch.errors import DataError, first_line

@@ -35,7 +35,8 @@ import torch
 from optuna.trial import FrozenTrial
 
 from hpsearch.config import Override, StudyConfig, config_from_dict
-from hpsearch.engine.data import DeviceData, list_split, load_data
+from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.images import list_split
 from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, resolve_device
 from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError, first_line

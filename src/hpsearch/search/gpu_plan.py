@@ -119,7 +119,8 @@ def probe_here(cfg: StudyConfig) -> Probe:
 
     import torch
 
-    from hpsearch.engine.data import DeviceData, list_split
+    from hpsearch.engine.data import DeviceData
+    from hpsearch.engine.images import list_split
     from hpsearch.engine.train import fit
 
     dev = torch.device("cuda")

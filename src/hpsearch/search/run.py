@@ -135,14 +135,15 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     if extra:
         cfg = load(opts.study, opts.overrides, extra)
 
-    from hpsearch.engine.data import load_data
-    from hpsearch.search.launcher import launch, plan_slots
     from hpsearch.storage.study import check_before_opening, open_for_run
     from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
     check_before_opening(cfg, url, name)  # before the slow work below, and before any write
+    from hpsearch.engine.data import load_data  # torch: imported once the checks have passed
+    from hpsearch.search.launcher import launch, plan_slots
+
     slots = plan_slots(opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say))
     local = len(slots) == 1 and slots[0].gpu is None
     device = device_for(cfg) if local else None
@@ -222,14 +223,9 @@ def join_search(opts: JoinOptions, say: Say) -> None:
     its budget to appear) and run trials until its budget is spent."""
     cfg = load(opts.study, opts.overrides)
 
-    import torch
-
-    from hpsearch.engine.data import load_data
     from hpsearch.storage.study import join_study
     from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
 
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
     study, goal = join_study(
@@ -241,6 +237,12 @@ def join_search(opts: JoinOptions, say: Say) -> None:
         wait=opts.wait,
         allow_other_file=opts.allow_other_study_file,
     )
+    import torch  # once the study is found: a wrong --storage is one line in under a second
+
+    from hpsearch.engine.data import load_data
+
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     device = device_for(cfg)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")

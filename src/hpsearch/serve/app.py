@@ -4,7 +4,7 @@
 image body) and answers the label and per-class probabilities of each; ``GET /model`` describes
 the trial; ``GET /health`` is for orchestrators; ``GET /`` is a self-contained page.
 
-Uploads are read and decoded by ``serve_input`` (``data.decode_image``) and normalised by
+Uploads are read and decoded by ``serve_input`` (``engine.images.decode_image``) and normalised by
 ``train.Normalizer``: the code path ``hpsearch predict`` uses, so both give the same answer for
 the same file. Requests wait in
 an asyncio queue; one worker takes up to ``max_batch`` images, waiting at most ``max_wait_ms``

@@ -1,6 +1,6 @@
 """What ``POST /predict`` accepts: reading uploads within a size limit and decoding them.
 
-Images are decoded by ``data.decode_image``, the code path ``hpsearch predict`` and the
+Images are decoded by ``engine.images.decode_image``, the code path ``hpsearch predict`` and the
 validation split use, so the server and the CLI answer the same for the same file. Every way a
 request can be wrong is a ``BadInput``: a 4xx status and one line that says why.
 """
@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from hpsearch.engine.data import decode_image
+from hpsearch.engine.images import decode_image
 from hpsearch.errors import first_line
 
 MAX_IMAGES_PER_REQUEST = 64
