@@ -158,3 +158,11 @@ def test_bad_sources_and_flags_are_one_line(tmp_path: Path) -> None:
         assert r.returncode == code, r.stderr
         assert len(r.stderr.splitlines()) == 1 and line in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_an_output_under_a_file_names_the_file(kaggle_zip: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match=r"afile is a file, not a folder$"):
+        prepare(kaggle_zip, tmp_path / "afile" / "sub" / "catdog")
+    with pytest.raises(DataError, match=r"--out .*afile: is a file, not a folder$"):
+        prepare(kaggle_zip, tmp_path / "afile")

@@ -34,7 +34,9 @@ def add_data_command(sub: argparse._SubParsersAction[Any]) -> None:
         help="lay out photos for a study: hpsearch data prepare train.zip --out data/catdog",
         formatter_class=HelpFormatter,
     )
-    verbs = data.add_subparsers(dest="data_command", required=True, parser_class=type(data))
+    verbs = data.add_subparsers(
+        dest="data_command", metavar="{prepare}", required=True, parser_class=type(data)
+    )
     p = verbs.add_parser(
         "prepare",
         help="Kaggle's Dogs-vs-Cats train.zip (or a folder of cat.N.jpg/dog.N.jpg) as the "

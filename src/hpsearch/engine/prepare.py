@@ -150,6 +150,9 @@ def prepare(source: Path, out: Path, val: float = 0.2, seed: int = 0) -> Prepare
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             except OSError as e:
+                blocker = next((a for a in out.parents if a.exists()), None)
+                if blocker is not None and not blocker.is_dir():
+                    raise DataError(f"--out {out}: {blocker} is a file, not a folder") from None
                 raise DataError(f"--out {out}: cannot write there: {e.strerror or e}") from None
             for part, photos in (("train", train), ("val", held)):
                 for cls in sorted(classes):
