@@ -844,7 +844,7 @@ GPU_MARK = re.compile(r"\bpytest\.mark\.gpu\b")  # a decorator or a module's pyt
 def check_gpu_tests(c: Ctx) -> dict[str, Any]:
     files = sorted(
         str(p.relative_to(REPO))
-        for p in (REPO / "tests").glob("test_*.py")
+        for p in (REPO / "tests").rglob("test_*.py")
         if GPU_MARK.search(p.read_text())
     )
     if not files:

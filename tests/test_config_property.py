@@ -7,8 +7,10 @@ values of every type, and mutations of the real study files) to a real file, add
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -80,6 +82,17 @@ set_items = st.one_of(
     ),
     st.text(max_size=20),
 )
+
+
+@pytest.fixture(autouse=True)
+def _subnormal_floats() -> Iterator[None]:
+    """A test that trained in this process before (the engine's tests run first) left subnormal
+    floats flushed to zero, process-wide (``engine.runtime.tune_host``), and hypothesis refuses to
+    draw floats then; this test gets IEEE floats back."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
 
 
 @settings(

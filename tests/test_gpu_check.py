@@ -78,7 +78,7 @@ def test_kit_runs_every_check_on_the_cpu_at_tiny_size(tmp_path: Path, data_root:
     assert oom["states"] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert oom["fail_reason"].startswith("out of host memory")
     gpu_tests = checks["gpu_tests"]["figures"]
-    assert "tests/test_gpu.py" in gpu_tests["files"] and gpu_tests["counts"]["skipped"] >= 3
+    assert "tests/engine/test_gpu.py" in gpu_tests["files"] and gpu_tests["counts"]["skipped"] >= 3
     assert checks["cuda_graphs"]["figures"]["eager_ms"] > 0
 
     md = (out / "report.md").read_text()

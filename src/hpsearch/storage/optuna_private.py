@@ -7,7 +7,7 @@ overridden, by :mod:`hpsearch.storage.resilience`), Optuna's ``trials`` and
 waiting trials, the system attributes Optuna keeps on trials, and the name of the logger of
 ``study.optimize``.
 
-No other module of hpsearch names any of these (``tests/test_optuna_private.py`` scans the
+No other module of hpsearch names any of these (``tests/storage/test_optuna_private.py`` scans the
 sources). When an Optuna release renames or drops one, importing this module (and so hpsearch)
 fails with an ImportError that names each missing part and the installed Optuna version, instead
 of a retry silently lost or a worker failing at its first trial. ``pyproject.toml`` caps Optuna

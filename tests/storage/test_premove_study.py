@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, hpsearch
-from test_serve import get, multipart, post, start, stops_cleanly
+from serving import get, multipart, post, start, stops_cleanly
 
 pytestmark = pytest.mark.slow
 
-FIXTURE = Path(__file__).parent / "fixtures" / "premove"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "premove"
 # the overrides the study was made with (fixtures/premove/README.md): its study-file config
 SETS = [
     "data.max_per_class=40",

@@ -141,7 +141,7 @@ def test_a_study_that_does_not_maximize_one_value_is_refused_in_one_line(
 # --- item: a study name reused with another study file -----------------------------------------
 
 TINY = ["--set", "data.max_per_class=60", "--set", "data.val_max_per_class=30"]
-SMOKE = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
 TARGET = "target_trials"
 
 

@@ -217,7 +217,7 @@ def test_study_name_and_storage_flags(
         [
             "run",
             "--study",
-            str(Path(__file__).parents[1] / "studies" / "smoke.yaml"),
+            str(Path(__file__).parents[2] / "studies" / "smoke.yaml"),
             "--trials",
             "1",
             "--study-name",

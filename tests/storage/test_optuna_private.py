@@ -17,7 +17,7 @@ from hpsearch.storage import optuna_private, resilience
 from hpsearch.storage.state import state_counts
 from hpsearch.storage.urls import open_storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "hpsearch"
 PRIVATE_MODULE = SRC / "storage" / "optuna_private.py"
 

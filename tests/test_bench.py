@@ -1,0 +1,65 @@
+"""The bench scripts that no other test runs, each at toy size, so that none rots unnoticed (the
+GPU kit and its subset: test_gpu_check.py, which also runs throughput.py and packing.py; the
+search-quality benchmark: test_search_quality.py). Real photos, real servers, real databases;
+their figures are not judged here, only that each runs and prints its table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PG_ADMIN, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def bench(script: str, *args: str, cwd: Path, timeout: float = 300) -> str:
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stdout
+
+
+def test_decode(data_root: Path, tmp_path: Path) -> None:
+    out = bench("decode.py", "--data", str(data_root / "train"), "--n", "6", "--size", "16",
+                "--rounds", "1", cwd=tmp_path)  # fmt: skip
+    assert re.search(r"^\| 16 \| \d+ img/s \| \d+ img/s \| [\d.]+ \| [\d.]+ / 255 \|$", out, re.M)
+
+
+def test_profile_epoch(data_root: Path, tmp_path: Path) -> None:
+    out = bench("profile_epoch.py", "--data", str(data_root), "--image-size", "16", "--steps",
+                "3", "--device", "cpu", "--top", "3", cwd=tmp_path)  # fmt: skip
+    assert re.search(r"^3 steps on cpu: input pipeline and glue [\d.]+ ms of", out, re.M), out
+
+
+def test_storage(tmp_path: Path) -> None:
+    """Both backends: the PostgreSQL server the suite uses (a database of its own), SQLite."""
+    out = bench("storage.py", "--workers", "1,2", "--prefill", "10", "--per-worker", "2",
+                "--pg", PG_ADMIN, cwd=tmp_path)  # fmt: skip
+    rows = re.findall(r"^(postgresql|sqlite)\s+10\s+(\d)\s.*\s(True|False)$", out, re.M)
+    assert sorted(rows) == [
+        ("postgresql", "1", "True"),
+        ("postgresql", "2", "True"),
+        ("sqlite", "1", "True"),
+        ("sqlite", "2", "True"),
+    ], out
+
+
+def test_serve(data_root: Path, tmp_path: Path) -> None:
+    out = bench("serve.py", "--data", str(data_root), "--requests", "12", "--warmup", "2",
+                "--rounds", "1", "--concurrency", "1,4", "--photos", "4", "--image-size", "16",
+                cwd=tmp_path)  # fmt: skip
+    rows = re.findall(r"^\| (\d+) \| (on|off) \| [\d.]+ \|", out, re.M)
+    assert rows == [("1", "off"), ("1", "on"), ("4", "off"), ("4", "on")], out
