@@ -146,7 +146,7 @@ def test_confirm_records_runs_and_keeps_the_winner(fresh: Path) -> None:
     assert r.returncode == 0 and r.stdout.startswith(str(photo)), r.stderr
 
     # serve --confirmed answers with the confirmed checkpoint, and says so on /model
-    from test_serve import start, stops_cleanly
+    from serving import start, stops_cleanly
 
     proc, base = start("--study smoke --confirmed --device cpu", fresh, fresh / "serve.log")
     try:

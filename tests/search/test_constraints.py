@@ -123,7 +123,7 @@ def test_run_best_and_status_respect_the_budget(tmp_path: Path) -> None:
     status = hpsearch(["status", "--study", "smoke"], tmp_path)
     assert f"infeasible: {len(over)} finished trial" in status.stdout
     # serve answers with the same trial and shows its latency and budget on /model
-    from test_serve import start, stops_cleanly
+    from serving import start, stops_cleanly
 
     proc, base = start("--study smoke --device cpu", tmp_path, tmp_path / "serve.log")
     try:

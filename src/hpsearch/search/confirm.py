@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 import torch
 from optuna.trial import FrozenTrial
 
@@ -58,7 +57,6 @@ from hpsearch.storage.claims import (
     held,
     release_key,
 )
-from hpsearch.storage.resilience import retrying
 from hpsearch.storage.state import (
     CLAIMS_ATTR,
     CONFIG_ATTR,
@@ -73,6 +71,8 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
     SEED_ATTR,
+    read_attrs,
+    write_attrs,
 )
 
 
@@ -171,37 +171,6 @@ def plan(top: Sequence[FrozenTrial], configs: Mapping[int, StudyConfig], seeds: 
         for run in range(seeds)
         for t in top
     ]
-
-
-# --- the attributes of finished trials -----------------------------------------------------
-
-
-def _engine(study: optuna.Study) -> sa.Engine:
-    backend = optuna_private.study_backend(study)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        raise StorageError("hpsearch confirm needs an SQL storage (sqlite or postgresql)")
-    return backend.engine
-
-
-def read_attrs(study: optuna.Study, trial: FrozenTrial, keys: Sequence[str]) -> dict[str, Any]:
-    """The trial's user attributes ``keys`` as the database has them now (Optuna's in-process
-    cache never re-reads a finished trial)."""
-
-    def read() -> dict[str, Any]:
-        return optuna_private.read_trial_user_attrs(
-            _engine(study), optuna_private.trial_id(trial), keys
-        )
-
-    return retrying(read, "reading confirm results")
-
-
-def write_attrs(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any]) -> None:
-    """Set user attributes of a finished trial, in one transaction (insert or update)."""
-
-    def write() -> None:
-        optuna_private.write_trial_user_attrs(_engine(study), optuna_private.trial_id(trial), attrs)
-
-    retrying(write, "recording a confirm run")
 
 
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

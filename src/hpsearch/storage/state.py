@@ -1,5 +1,6 @@
 """The study's data contract: the attributes hpsearch records on trials and on the study, and
-the queries of the study's state (its target, its trials as the database has them, counts).
+the queries of the study's state (its target, its trials as the database has them, counts), and
+the user attributes of finished trials read and written in the database (confirm's runs).
 
 The docs, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
 these attributes by name, so they are named once, here; a renamed constant changes what every
@@ -9,11 +10,14 @@ study import this.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.errors import StorageError
 from hpsearch.storage import optuna_private
 from hpsearch.storage.resilience import retrying
 
@@ -127,3 +131,35 @@ def count_states(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials, counted by the database in one query."""
     by_state = state_counts(study)
     return by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0), by_state.get("RUNNING", 0)
+
+
+# --- the user attributes of finished trials, read and written in the database ------------------
+# (Optuna's in-process cache never re-reads a finished trial, and set_user_attr refuses one)
+
+
+def _engine(study: optuna.Study) -> sa.Engine:
+    backend = optuna_private.study_backend(study)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        raise StorageError("hpsearch confirm needs an SQL storage (sqlite or postgresql)")
+    return backend.engine
+
+
+def read_attrs(study: optuna.Study, trial: FrozenTrial, keys: Sequence[str]) -> dict[str, Any]:
+    """The trial's user attributes ``keys`` as the database has them now (Optuna's in-process
+    cache never re-reads a finished trial)."""
+
+    def read() -> dict[str, Any]:
+        return optuna_private.read_trial_user_attrs(
+            _engine(study), optuna_private.trial_id(trial), keys
+        )
+
+    return retrying(read, "reading confirm results")
+
+
+def write_attrs(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any]) -> None:
+    """Set user attributes of a finished trial, in one transaction (insert or update)."""
+
+    def write() -> None:
+        optuna_private.write_trial_user_attrs(_engine(study), optuna_private.trial_id(trial), attrs)
+
+    retrying(write, "recording a confirm run")
