@@ -19,7 +19,7 @@ import yaml
 
 from conftest import argv, hpsearch, popen
 from hpsearch.results.read import ranked
-from hpsearch.search.confirm import confirm_seed
+from hpsearch.search.confirm_jobs import confirm_seed
 
 pytestmark = pytest.mark.slow
 

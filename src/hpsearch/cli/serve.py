@@ -91,12 +91,14 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hpsearch.serve.app import Limits, Model, create_app, listen, model_info, run
-    from hpsearch.serve.dashboard import dashboard_url
     from hpsearch.storage.urls import mask_url
 
     study, url, store = open_for(args)
     trial, ckpt, _ = chosen(study, store, args)
+    # the server (torch, FastAPI): once the study and the checkpoint are found
+    from hpsearch.serve.app import Limits, Model, create_app, listen, model_info, run
+    from hpsearch.serve.dashboard import dashboard_url
+
     model = Model(ckpt, chosen_device(args.device))
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -4,61 +4,47 @@ configuration on average rather than the luckiest single run.
 Each (trial, run) job trains the trial's parameters for its full epochs with a seed derived from
 the trial's own seed and the run index (reproducible, never the trial's own). A finished run is
 recorded at once in the trial's user attributes (``confirm_runs``, the means and spreads: see
-``study_state.CONFIRM_*``), so an interrupted confirm resumes where it stopped and ``best``, the
+``storage.state.CONFIRM_*``), so an interrupted confirm resumes where it stopped and ``best``, the
 dashboard and ``trials --csv`` show the results. Optuna does not let its API change a finished
 trial, so these attributes are written to Optuna's table of trial user attributes directly
-(by ``optuna_private``, under the claim lock, one transaction per run). Each trial keeps the
+(``storage.state.write_attrs``, under the claim lock, one transaction per run). Each trial keeps the
 model of its best run in the artifact store (``confirm_checkpoint``); the study's ``confirmed``
 attribute names the winner (the highest mean) and its checkpoint.
 
 Several workers (``--workers``, ``--gpus``) take jobs one at a time: a job is claimed in the
 study's ``confirm_claims`` attribute under the claim lock, and released when its run is recorded
 or its worker is stopped.
+
+This module is the command and the result (the winner, the table); the jobs and their claims
+are :mod:`hpsearch.search.confirm_jobs`, a worker's training :mod:`hpsearch.search.confirm_runs`
+(imported once everything the command checks has passed, so a mistake is one quick line).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial
 
-from hpsearch.config import Override, StudyConfig, config_from_dict
-from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.config import StudyConfig
 from hpsearch.engine.images import list_split
-from hpsearch.engine.spec import DataConfig
-from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, resolve_device
-from hpsearch.errors import ConfigError, DataError, HpsearchError, StorageError, first_line
+from hpsearch.errors import DataError, HpsearchError, StorageError
 from hpsearch.files import what_is
-from hpsearch.results.timing import duration
-from hpsearch.space import params_source, sample_values, to_trial_spec, trial_seed
-from hpsearch.storage import optuna_private
-from hpsearch.storage.checkpoint import (
-    checkpoint_blob,
-    checkpoint_from_blob,
-    remove_artifact,
-    save_blob,
-)
-from hpsearch.storage.claims import (
-    Lock,
-    claim_key,
-    claim_lock,
-    clear_claims,
-    held,
-    release_key,
+from hpsearch.search.confirm_jobs import (
+    TestSet,
+    check_setup,
+    clear_job_claims,
+    pending,
+    plan,
+    trial_config,
 )
 from hpsearch.storage.state import (
-    CLAIMS_ATTR,
     CONFIG_ATTR,
     CONFIRM_CHECKPOINT,
     CONFIRM_N,
@@ -70,177 +56,10 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
-    SEED_ATTR,
     read_attrs,
-    write_attrs,
 )
 
-
-def confirm_seed(seed: int, run: int) -> int:
-    """The seed of confirm run ``run`` (0-based) of a trial whose own seed is ``seed``:
-    reproducible, and never the trial's own seed."""
-    digest = hashlib.sha256(f"hpsearch-confirm:{seed}:{run}".encode()).digest()
-    derived = int.from_bytes(digest[:4], "big") % (2**31 - 1)
-    return derived if derived != seed else (derived + 1) % (2**31 - 1)
-
-
-def own_seed(t: FrozenTrial, cfg: StudyConfig) -> int:
-    return int(t.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, t.number)))
-
-
-def trial_config(
-    t: FrozenTrial, overrides: Sequence[Override], fallback: StudyConfig | None
-) -> StudyConfig:
-    """The configuration trial ``t`` was trained with (its ``config`` attribute), with the
-    ``--set`` overrides applied; a trial without one uses ``fallback`` (the study file)."""
-    recorded = t.user_attrs.get(CONFIG_ATTR)
-    if not isinstance(recorded, dict):
-        if fallback is None:
-            raise ConfigError(
-                f"trial {t.number} records no configuration; pass the study file as --study"
-            )
-        return fallback
-    doc: dict[str, Any] = json.loads(json.dumps(recorded))  # a deep copy
-    for o in overrides:
-        node = doc
-        parts = o.key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{o.flag}: {part} is not a section")
-            node = child
-        node[parts[-1]] = o.value
-    flags = " ".join(o.flag for o in overrides)
-    origin = f"trial {t.number}'s configuration" + (f" with {flags}" if flags else "")
-    return config_from_dict(doc, origin)
-
-
-def setup(cfg: StudyConfig) -> dict[str, Any]:
-    """What a run's accuracy depends on besides the parameters and the seed; runs of one trial
-    are averaged only when it is the same (data.root, train.device may differ)."""
-    return {
-        "epochs": cfg.train.epochs,
-        "image_size": cfg.data.image_size,
-        "max_per_class": cfg.data.max_per_class,
-        "val_max_per_class": cfg.data.val_max_per_class,
-        "crop_scale": list(cfg.train.crop_scale),
-        "flip": cfg.train.flip,
-    }
-
-
-def check_setup(study: optuna.Study, jobs: Sequence[Job]) -> None:
-    """A trial confirmed before with another setup (``--set train.epochs=...``) is an error: its
-    recorded runs would be averaged with runs that trained something else."""
-    seen: set[int] = set()
-    for j in jobs:
-        if j.trial.number in seen:
-            continue
-        seen.add(j.trial.number)
-        want = setup(j.cfg)
-        for r in read_attrs(study, j.trial, [CONFIRM_RUNS]).get(CONFIRM_RUNS) or []:
-            had = r.get("setup") if isinstance(r, dict) else None
-            if isinstance(had, dict) and had != want:
-                diff = ", ".join(
-                    f"{k} {had.get(k)} then, {want.get(k)} now"
-                    for k in want
-                    if had.get(k) != want.get(k)
-                )
-                raise ConfigError(
-                    f"trial {j.trial.number} has confirm runs with another setup ({diff}); "
-                    "confirm it with the same --set values as before"
-                )
-
-
-@dataclass(frozen=True)
-class Job:
-    trial: FrozenTrial
-    cfg: StudyConfig
-    run: int  # 0-based
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.trial.number}:{self.run}"
-
-
-def plan(top: Sequence[FrozenTrial], configs: Mapping[int, StudyConfig], seeds: int) -> list[Job]:
-    """Every (trial, run) job, run-major: the first run of every trial before any second run,
-    so that an interrupted confirm has compared all trials on the same number of seeds."""
-    return [
-        Job(t, configs[t.number], run, confirm_seed(own_seed(t, configs[t.number]), run))
-        for run in range(seeds)
-        for t in top
-    ]
-
-
-def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The aggregate attributes of a trial's runs (a diverged run has no accuracy and is left
-    out of the means)."""
-    val = [float(r["val_accuracy"]) for r in runs if r.get("val_accuracy") is not None]
-    tested = [r for r in runs if r.get("test_accuracy") is not None]
-    test_dir = tested[-1].get("test_data") if tested else None  # the latest --data
-    test = [float(r["test_accuracy"]) for r in tested if r.get("test_data") == test_dir]
-
-    def std(xs: list[float]) -> float:
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-    return {
-        CONFIRM_N: len(val),
-        CONFIRM_VAL_MEAN: statistics.fmean(val) if val else None,
-        CONFIRM_VAL_STD: std(val) if val else None,
-        CONFIRM_TEST_MEAN: statistics.fmean(test) if test else None,
-        CONFIRM_TEST_STD: std(test) if test else None,
-        CONFIRM_TEST_N: len(test),
-        CONFIRM_TEST_DATA: test_dir,
-    }
-
-
-# --- claiming jobs -----------------------------------------------------------------------------
-
-
-def clear_job_claims(study: optuna.Study) -> None:
-    """Forget the claims of an earlier confirm (its workers are gone: this one starts them)."""
-    clear_claims(study, CLAIMS_ATTR)
-
-
-def _done_seeds(study: optuna.Study, t: FrozenTrial) -> set[int]:
-    runs = read_attrs(study, t, [CONFIRM_RUNS]).get(CONFIRM_RUNS) or []
-    return {int(r["seed"]) for r in runs if isinstance(r, dict) and "seed" in r}
-
-
-def pending(study: optuna.Study, jobs: Sequence[Job]) -> list[Job]:
-    """The jobs whose run is not recorded yet."""
-    done = {
-        t.number: _done_seeds(study, t) for t in {j.trial.number: j.trial for j in jobs}.values()
-    }
-    return [j for j in jobs if j.seed not in done[j.trial.number]]
-
-
-def claim(study: optuna.Study, jobs: Sequence[Job], lock: Lock) -> tuple[Job | None, int]:
-    """Take the first job that is neither recorded nor claimed; (job or None, jobs recorded)."""
-    todo: list[Job] = []
-
-    def keys() -> list[str]:
-        todo[:] = pending(study, jobs)
-        return [j.key for j in todo]
-
-    key = claim_key(study, CLAIMS_ATTR, lock, keys)
-    job = next((j for j in todo if j.key == key), None)
-    return job, len(jobs) - len(todo)
-
-
-def release(study: optuna.Study, job: Job, lock: Lock) -> None:
-    release_key(study, CLAIMS_ATTR, job.key, lock)
-
-
 # --- one run -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TestSet:
-    """``--data``: the directory, checked before any training."""
-
-    path: Path
 
 
 def check_test_dir(data_dir: Path, classes: Sequence[str]) -> TestSet:
@@ -274,161 +93,6 @@ def train_classes(cfg: StudyConfig) -> tuple[str, ...]:
         )
     classes, _ = list_split(cfg.data.root / "train", cfg.data.max_per_class)
     return classes
-
-
-class Worker:
-    """Claims jobs, trains them, records each run as it ends."""
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        jobs: Sequence[Job],
-        store: Path,
-        test: TestSet | None,
-        say: Callable[[str], None],
-        workers: int = 1,
-    ) -> None:
-        self.study = study
-        self.jobs = list(jobs)
-        self.store = store
-        self.test = test
-        self.say = say
-        self.workers = workers
-        self.lock = claim_lock(optuna_private.storage_of(study), f"{study.study_name}:confirm")
-        self.data: dict[tuple[DataConfig, str], DeviceData] = {}
-        self.started = time.monotonic()
-        self.run_seconds: list[float] = []
-
-    def _data(self, cfg: StudyConfig) -> DeviceData:
-        device = resolve_device(cfg.train.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {cfg.train.device} requested but no CUDA device")
-        key = (cfg.data, str(device))
-        if key not in self.data:
-            self.data.clear()  # one data set on the device at a time
-            self.data[key] = load_data(cfg.data, device)
-        return self.data[key]
-
-    def work(self) -> int:
-        """Run jobs until none is left; returns how many this worker ran."""
-        ran = 0
-        while True:
-            job, recorded = claim(self.study, self.jobs, self.lock)
-            if job is None:
-                return ran
-            try:
-                self._run(job, recorded)
-            finally:
-                release(self.study, job, self.lock)
-            ran += 1
-
-    def _head(self, recorded: int) -> str:
-        spent = time.monotonic() - self.started
-        text = f"[confirm {recorded}/{len(self.jobs)} done | {duration(spent)}"
-        if self.run_seconds and recorded < len(self.jobs):
-            mean = statistics.fmean(self.run_seconds)
-            left = max(len(self.jobs) - recorded, 0) * mean / max(self.workers, 1)
-            text += f", ~{duration(left)} left"
-        return text + "]"
-
-    def _run(self, job: Job, recorded: int) -> None:
-        t, cfg = job.trial, job.cfg
-        data = self._data(cfg)
-        values = sample_values(cfg.search, params_source(t.params, f"trial {t.number}"))
-        spec = to_trial_spec(values, cfg, job.seed)
-        what = f"trial {t.number} run {job.run + 1} (seed {job.seed})"
-
-        def show(m: EpochMetrics) -> None:
-            self.say(
-                f"{self._head(recorded)} {what} epoch {m.epoch}/{m.epochs}: "
-                f"loss {m.train_loss:.4f} val_acc {m.val_accuracy:.4f} "
-                f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)"
-            )
-
-        from hpsearch.search.objective import is_out_of_memory, versions
-
-        t0 = time.monotonic()
-        entry: dict[str, Any] = {"run": job.run, "seed": job.seed, "setup": setup(cfg)}
-        try:
-            result = fit(spec, data, show, cfg.train.eval_batch_size)
-        except NonFiniteLoss as e:
-            entry.update(val_accuracy=None, diverged=str(e))
-            result = None
-        except (MemoryError, RuntimeError) as e:
-            if not is_out_of_memory(e):
-                raise
-            raise HpsearchError(f"{what} ran out of memory: {first_line(e)}") from None
-        artifact = None
-        if result is not None:
-            entry["val_accuracy"] = result.val_accuracy
-            blob = checkpoint_blob(
-                t.number,
-                self.study.study_name,
-                result.val_accuracy,
-                t.params,
-                spec.arch,
-                result.model,
-                data.classes,
-                data.image_size,
-                cfg.to_dict(),
-                versions(),
-            )
-            blob["confirm"] = {"run": job.run, "seed": job.seed}
-            if self.test is not None:
-                from hpsearch.results.inference import evaluate
-
-                ev = evaluate(checkpoint_from_blob(blob, self.store), self.test.path, data.device)
-                entry.update(
-                    test_accuracy=ev.accuracy, test_images=ev.total, test_data=str(self.test.path)
-                )
-            artifact = save_blob(self.store, blob, f"trial-{t.number}-confirm-{job.run}.pt")
-        entry["seconds"] = round(time.monotonic() - t0, 1)
-        self.run_seconds.append(entry["seconds"])
-        self._record(job, entry, artifact)
-        recorded = len(self.jobs) - len(pending(self.study, self.jobs))
-        shown = (
-            f"val_acc {entry['val_accuracy']:.4f}"
-            if entry.get("val_accuracy") is not None
-            else f"diverged ({entry.get('diverged')})"
-        )
-        if entry.get("test_accuracy") is not None:
-            shown += f", test accuracy {entry['test_accuracy']:.4f}"
-        self.say(f"{self._head(recorded)} {what} finished: {shown}")
-
-    def _record(self, job: Job, entry: dict[str, Any], artifact: str | None) -> None:
-        """Append the run to the trial's list and update its means, under the lock; keep the
-        model if it is the trial's best run so far."""
-        t = job.trial
-        drop = None
-        with held(self.lock):
-            now = read_attrs(self.study, t, [CONFIRM_RUNS, CONFIRM_CHECKPOINT])
-            runs = [r for r in now.get(CONFIRM_RUNS) or [] if isinstance(r, dict)]
-            if any(r.get("seed") == job.seed for r in runs):
-                drop = artifact  # recorded already (two confirms at once): keep the first
-            else:
-                attrs: dict[str, Any] = {CONFIRM_RUNS: [*runs, entry], **summarize([*runs, entry])}
-                best = max(
-                    (r for r in runs if r.get("val_accuracy") is not None and r.get("kept")),
-                    key=lambda r: float(r["val_accuracy"]),
-                    default=None,
-                )
-                old = now.get(CONFIRM_CHECKPOINT)
-                if artifact is not None and (
-                    best is None
-                    or float(entry["val_accuracy"]) > float(best["val_accuracy"])
-                    or not isinstance(old, str)
-                ):
-                    entry["kept"] = True
-                    for r in runs:
-                        r.pop("kept", None)
-                    attrs[CONFIRM_RUNS] = [*runs, entry]
-                    attrs[CONFIRM_CHECKPOINT] = artifact
-                    drop = old if isinstance(old, str) else None
-                else:
-                    drop = artifact
-                write_attrs(self.study, t, attrs)
-        if drop is not None:
-            remove_artifact(self.store, drop)
 
 
 # --- the result --------------------------------------------------------------------------------
@@ -566,7 +230,12 @@ def cmd_confirm(args: Any) -> int:
     if args.data is not None:
         test = check_test_dir(Path(args.data), train_classes(configs[top[0].number]))
 
+    # the training code (torch): once the study, its trials and --data have been checked
+    from hpsearch.search.confirm_runs import Worker
+
     if args.worker_trials is not None:  # a worker started by the command below
+        import torch
+
         threads = os.environ.get("HPSEARCH_THREADS")
         if threads and threads.isdigit():
             torch.set_num_threads(int(threads))
