@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpsearch.cli.results import HelpFormatter
+from hpsearch.cli.results import HelpFormatter, non_negative_int
 from hpsearch.config import DEFAULT_DATA_ROOT
 
 
@@ -19,13 +19,6 @@ def _share(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
     return value
-
-
-def _seed(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def add_data_command(sub: argparse._SubParsersAction[Any]) -> None:
@@ -57,7 +50,7 @@ def add_data_command(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--val", type=_share, default=0.2, metavar="SHARE", help="share of each class to val"
     )
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the split's shuffle")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split's shuffle")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -71,7 +64,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         each = f"{n_train} train + {n_val} val photos of each of {', '.join(done.train)}"
     else:
         each = ", ".join(f"{c}: {done.train[c]} train + {done.val[c]} val" for c in done.train)
-    print(f"{done.out}: {each} ({args.val:.0%} of each class to val, seed {args.seed})")
+    print(f"{done.out}: {each} ({args.val * 100:g}% of each class to val, seed {args.seed})")
     if done.out.resolve() == Path(DEFAULT_DATA_ROOT).resolve():
         print("hpsearch run --study catdog reads it there (the study's data.root)")
     else:

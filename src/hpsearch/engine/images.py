@@ -17,7 +17,7 @@ from PIL import Image
 from hpsearch.errors import DataError
 from hpsearch.files import what_is
 
-log = logging.getLogger("hpsearch.engine.data")
+log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,4 @@ def _copy(src: _Source, photo: Photo, dest: Path) -> None:
 
 
 def _count(photos: list[Photo]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in photos:
-        counts[p.cls] = counts.get(p.cls, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(p.cls for p in photos).items()))

@@ -160,24 +160,24 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         allow_other_file=opts.allow_other_study_file,
     )
     study, share = opened.study, opened.share
-    s = cfg.search
-    say(
-        f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
-        f"running {opts.trials} more "
-        f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
-    )
-    if share.others:
-        say(
-            f"another hpsearch run is working on this study; the workers of both work "
-            f"towards its target, now {share.target} finished trials"
-        )
-    say(
-        f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
-        f"{', '.join(data.classes)} at {data.image_size}px on "
-        f"{device or f'{len(slots)} workers'}"
-    )
     exits: list[tuple[int, int]] = []
-    try:
+    try:  # from here on, whatever stops the run gives back what is left of its share
+        s = cfg.search
+        say(
+            f"study {name!r} in {mask_url(url)}: {share.finished_before} finished trials so far, "
+            f"running {opts.trials} more "
+            f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
+        )
+        if share.others:
+            say(
+                f"another hpsearch run is working on this study; the workers of both work "
+                f"towards its target, now {share.target} finished trials"
+            )
+        say(
+            f"data: {len(data.train_labels)} train / {len(data.val_labels)} val images of "
+            f"{', '.join(data.classes)} at {data.image_size}px on "
+            f"{device or f'{len(slots)} workers'}"
+        )
         if local:
             assert device is not None
             store = artifacts_dir(url, opts.artifacts)
