@@ -8,7 +8,15 @@ import torch
 from hpsearch.config import Override, load_study
 from hpsearch.engine.model import param_count
 from hpsearch.errors import HpsearchError
-from hpsearch.search.gpu_plan import MAX_PER_GPU, Probe, largest_specs, probe, trials_per_gpu
+from hpsearch.search.gpu_plan import (
+    MAX_PER_GPU,
+    Probe,
+    busy_share,
+    largest_memory,
+    largest_specs,
+    probe,
+    trials_per_gpu,
+)
 from hpsearch.search.launcher import plan_slots
 
 GIB = 2**30
@@ -83,3 +91,54 @@ def test_launcher_uses_the_measured_default_on_each_gpu(monkeypatch: pytest.Monk
     assert len(plan_slots(None, None, 2, rule)) == 4
     assert len(plan_slots(5, "1", None, rule)) == 5
     assert asked == ["0"]
+
+
+def test_no_kernels_seen_means_memory_alone_said_so() -> None:
+    k, why = trials_per_gpu(Probe(80 * GIB, 10 * GIB, 0, 0, None))
+    assert k == 7  # 72 GiB / 10 GiB; the busy share does not cap it
+    assert "the profiler saw no GPU kernels, so K follows memory alone" in why
+
+
+def test_the_plan_takes_the_larger_of_model_and_measurement() -> None:
+    cfg = load_study("catdog")
+    _, model = largest_memory(cfg, 2)
+    # the probe saw 3 GiB (a lucky allocator); the model's worst case is planned for
+    k, why = trials_per_gpu(Probe(80 * GIB, 3 * GIB, GIB, GIB // 2, 0.05), model)
+    per_worker = model.total + GIB + GIB // 2
+    assert k == int(0.9 * 80 * GIB // per_worker) == 3
+    assert f"one worker needs {per_worker / GIB:.1f} GiB" in why
+    assert "predicted 2" in why and "measured 3.0" in why and "evaluation 12.8" in why
+    # a probe that measured more than the model wins
+    k, _ = trials_per_gpu(Probe(80 * GIB, 40 * GIB, GIB, GIB // 2, 0.05), model)
+    assert k == 1
+
+
+def test_the_plan_uses_the_studys_own_eval_batch() -> None:
+    # catdog evaluates at batch 500: its evaluation pass needs more than its training step
+    big = load_study("catdog")
+    small = load_study("catdog", [Override("train.eval_batch_size", 100, "--set")])
+    _, m_big = largest_memory(big, 2)
+    _, m_small = largest_memory(small, 2)
+    assert m_big.evaluation > 2 * m_big.train_step
+    assert 4.5 < m_big.evaluation / m_small.evaluation < 5.5
+    probe_ = Probe(80 * GIB, 0, GIB, GIB // 2, 0.05)
+    assert trials_per_gpu(probe_, m_small)[0] > trials_per_gpu(probe_, m_big)[0]
+
+
+def test_busy_share_from_steady_state_figures() -> None:
+    assert busy_share(0.25, 1.0) == 0.25
+    assert busy_share(2.0, 1.0) == 1.0  # overlapping kernels on several streams
+    assert busy_share(0.0, 1.0) is None  # the profiler recorded nothing
+
+
+def test_a_gpu_worker_gives_its_cache_back_between_trials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hpsearch.search.run import between_trials
+
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    between_trials(torch.device("cpu"))(None, None)
+    assert emptied == []
+    between_trials(torch.device("cuda", 0))(None, None)
+    assert emptied == [True]

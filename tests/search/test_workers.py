@@ -169,7 +169,9 @@ def test_grid_with_several_workers_runs_each_point_once(workdir: Path, pg_url: s
     assert "the grid is exhausted" in r.stdout
 
 
-def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
+def test_sqlite_takes_at_most_four_local_workers(workdir: Path) -> None:
+    # --workers 8 on the default SQLite file: one line says why 4 run and what to use instead,
+    # and the 4 (the most the suite runs on one file) finish exactly the budget between them
     r = hpsearch(
         [
             "run",
@@ -178,7 +180,7 @@ def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
             "--trials",
             "9",
             "--workers",
-            "3",
+            "8",
             "--set",
             "train.epochs=1",
             *TINY,
@@ -186,6 +188,12 @@ def test_several_local_workers_on_one_sqlite_file(workdir: Path) -> None:
         workdir,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note: running")]
+    assert len(notes) == 1, r.stdout
+    assert "running 4 of 8 workers" in notes[0]
+    assert "SQLite" in notes[0] and "PostgreSQL" in notes[0]
+    started = re.findall(r"^\[w(\d)\] started pid", r.stdout, re.M)
+    assert sorted(started) == ["0", "1", "2", "3"], r.stdout
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{workdir / 'hpsearch.db'}")
     assert finished(study) == 9 and len(study.trials) == 9
     assert TrialState.RUNNING not in states(study)

@@ -118,14 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus",
         default=None,
         metavar="0,1,...",
-        help="GPUs to use (default: all visible)",
+        help="GPUs to use, numbered as this process sees them: under CUDA_VISIBLE_DEVICES=2,3, "
+        "0 is physical GPU 2 (default: all visible, or the one train.device: cuda:N names)",
     )
     run.add_argument(
         "--trials-per-gpu",
         type=positive_int,
         default=None,
         metavar="K",
-        help="concurrent trials (worker processes) per GPU (default: 1)",
+        help="concurrent trials (worker processes) per GPU (default: measured, see "
+        "docs/workers-and-gpus.md)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -144,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait this long for the study and its budget to appear (for containers started "
         "before hpsearch run)",
+    )
+    worker.add_argument(
+        "--gpu",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="train on GPU N, numbered as this process sees them (after CUDA_VISIBLE_DEVICES); "
+        "default: train.device (auto: GPU 0)",
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -217,7 +227,10 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "process)",
     )
     confirm.add_argument(
-        "--gpus", default=None, metavar="0,1,...", help="GPUs to use (default: all visible)"
+        "--gpus",
+        default=None,
+        metavar="0,1,...",
+        help="GPUs to use, numbered as this process sees them (default: all visible)",
     )
     confirm.add_argument(
         "--trials-per-gpu",
@@ -317,6 +330,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         workers=_digits("HPSEARCH_WORKERS") or 1,
         threads=_digits("HPSEARCH_THREADS") or None,
         run_id=os.environ.get("HPSEARCH_RUN_ID"),
+        gpu=args.gpu,
     )
     join_search(opts, _say)
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "rmsprop": 2, "sgd": 1}  # fp32 buffers per parameter
+
 
 @dataclass(frozen=True, kw_only=True)
 class ArchSpec:

@@ -257,7 +257,8 @@ def cmd_confirm(args: Any) -> int:
     )
     if todo:
         clear_job_claims(study)
-        slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu)
+        device = configs[top[0].number].train.device
+        slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, device=device)
         if len(slots) == 1 and (slots[0].gpu is None or args.gpus is None):
             Worker(study, jobs, store, test, _say).work()
         else:

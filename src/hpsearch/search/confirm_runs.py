@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.devices import training_device
 from hpsearch.engine.spec import DataConfig
-from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, resolve_device
-from hpsearch.errors import ConfigError, HpsearchError, first_line
+from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit
+from hpsearch.errors import HpsearchError, first_line
 from hpsearch.results.timing import duration
 from hpsearch.search.confirm_jobs import Job, TestSet, claim, pending, release, setup, summarize
 from hpsearch.space import params_source, sample_values, to_trial_spec
@@ -65,9 +65,7 @@ class Worker:
         self.run_seconds: list[float] = []
 
     def _data(self, cfg: StudyConfig) -> DeviceData:
-        device = resolve_device(cfg.train.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {cfg.train.device} requested but no CUDA device")
+        device = training_device(cfg.train.device)
         key = (cfg.data, str(device))
         if key not in self.data:
             self.data.clear()  # one data set on the device at a time

@@ -1,7 +1,9 @@
 """``hpsearch run --workers N``: start worker processes on this machine and relay their output.
 
 Each worker is ``hpsearch worker`` in its own process (and process session), pinned to one GPU
-with ``CUDA_VISIBLE_DEVICES`` or, without GPUs, given its share of the CPU cores. The storage URL
+with ``CUDA_VISIBLE_DEVICES`` (an entry of the launcher's own list, so an allocation a scheduler
+made is respected; ``HPSEARCH_GPU_ID`` and ``HPSEARCH_GPU_SHARERS`` tell it which GPU and how
+many workers share it) or, without GPUs, given its share of the CPU cores. The storage URL
 travels in the environment, never on a command line that ``ps`` would show.
 """
 
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,8 +26,9 @@ STOP_GRACE_SECONDS = 10
 @dataclass(frozen=True)
 class Slot:
     index: int
-    gpu: str | None  # CUDA_VISIBLE_DEVICES for this worker; None on a CPU-only machine
+    gpu: str | None  # this worker's CUDA_VISIBLE_DEVICES: an entry of the parent's; None: CPU
     threads: int  # torch intra-op threads
+    label: str = ""  # the GPU's number as this process sees it (what --gpus names)
 
 
 def plan_slots(
@@ -32,35 +36,62 @@ def plan_slots(
     gpus: str | None,
     per_gpu: int | None,
     auto_per_gpu: Callable[[str], int] | None = None,
+    device: str = "auto",
 ) -> list[Slot]:
     """Where each worker runs.
 
-    With GPUs (``--gpus``, default all visible): ``per_gpu`` workers on each, or ``workers``
-    spread round-robin. Without either, ``auto_per_gpu(first GPU)`` decides (default 1; the CLI
-    passes the measured rule of :mod:`hpsearch.search.gpu_plan`). Without GPUs: ``workers``
-    processes sharing the cores.
+    GPUs are numbered as this process sees them (:mod:`hpsearch.engine.devices`): under an
+    inherited ``CUDA_VISIBLE_DEVICES=2,3``, ``--gpus 1`` is physical GPU 3 and its workers get
+    ``CUDA_VISIBLE_DEVICES=3``. With GPUs (``--gpus``, default all visible, or the one
+    ``train.device: cuda:N`` names): ``per_gpu`` workers on each, or ``workers`` spread
+    round-robin. Without either, ``auto_per_gpu(first GPU's entry)`` decides (default 1; the CLI
+    passes the rule of :mod:`hpsearch.search.gpu_plan`). Without GPUs, or when the study trains
+    on the CPU (``device`` ``cpu``): ``workers`` processes sharing the cores.
     """
-    import torch
+    from hpsearch.engine.devices import gpu_index, visible_gpus
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers: must be at least 1, got {workers}")
     if per_gpu is not None and per_gpu < 1:
         raise ConfigError(f"--trials-per-gpu: must be at least 1, got {per_gpu}")
-    if gpus is not None:
-        ids = [g.strip() for g in gpus.split(",") if g.strip()]
-        count = torch.cuda.device_count()
-        bad = [g for g in ids if not g.isdigit() or int(g) >= count]
-        if not ids or bad:
-            raise ConfigError(f"--gpus: {gpus!r} names no visible GPU (this machine has {count})")
-    else:
-        ids = [str(i) for i in range(torch.cuda.device_count())]
     cores = os.cpu_count() or 1
-    if ids:
+    if device == "cpu":
+        if gpus is not None or per_gpu is not None:
+            flag = "--gpus" if gpus is not None else "--trials-per-gpu"
+            raise ConfigError(f"{flag}: the study trains on the CPU (train.device: cpu)")
+        n = workers or 1
+        return [Slot(i, None, max(1, cores // n)) for i in range(n)]
+    visible = visible_gpus()
+    named = device.removeprefix("cuda:") if device.startswith("cuda:") else None
+    if named is not None:
+        gpu_index(named, "train.device", visible)
+        if gpus is not None and [g.strip() for g in gpus.split(",")] != [named]:
+            raise ConfigError(
+                f"--gpus {gpus} and train.device: {device} disagree; drop one of them "
+                "(train.device: cuda places the workers on --gpus)"
+            )
+        gpus = named
+    if gpus is not None:
+        parts = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not parts:
+            raise ConfigError(f"--gpus: {gpus!r} names no GPU")
+        indices = [gpu_index(g, "--gpus", visible) for g in parts]
+        twice = sorted({i for i in indices if indices.count(i) > 1})
+        if twice:
+            raise ConfigError(f"--gpus: GPU {twice[0]} is named twice (use --trials-per-gpu)")
+    elif visible:
+        indices = list(range(len(visible)))
+    elif device.startswith("cuda"):
+        raise ConfigError(f"train.device: {device} requested but no CUDA device is available")
+    else:
+        indices = []
+    if indices:
         if workers is None and per_gpu is None:
-            per_gpu = auto_per_gpu(ids[0]) if auto_per_gpu is not None else 1
-        n = workers or (per_gpu or 1) * len(ids)
+            per_gpu = auto_per_gpu(visible[indices[0]]) if auto_per_gpu is not None else 1
+        n = workers or (per_gpu or 1) * len(indices)
         threads = max(1, cores // n)
-        return [Slot(i, ids[i % len(ids)], threads) for i in range(n)]
+        order = [indices[i % len(indices)] for i in range(n)]
+        return [Slot(i, visible[g], threads, str(g)) for i, g in enumerate(order)]
     n = workers or 1
     return [Slot(i, None, max(1, cores // n)) for i in range(n)]
 
@@ -81,29 +112,22 @@ def launch(
     out_lock = threading.Lock()
     procs: list[subprocess.Popen[str]] = []
     relays: list[threading.Thread] = []
+    sharers = Counter(slot.gpu for slot in slots)
     for slot in slots:
-        env = {
-            **os.environ,
-            "HPSEARCH_STORAGE": storage_url,
-            "HPSEARCH_WORKER_ID": str(slot.index),
-            "HPSEARCH_WORKERS": str(len(slots)),
-            "HPSEARCH_THREADS": str(slot.threads),
-            "OMP_NUM_THREADS": str(slot.threads),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        child_env = worker_env(slot, sharers[slot.gpu], len(slots), storage_url, env)
         p = subprocess.Popen(
             [sys.executable, "-m", "hpsearch.cli", command, *worker_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=child_env,
             start_new_session=True,  # Ctrl-C reaches the launcher only; it forwards it once
         )
         procs.append(p)
-        where = f"GPU {slot.gpu}" if slot.gpu is not None else f"cpu, {slot.threads} threads"
+        where = f"cpu, {slot.threads} threads"
+        if slot.gpu is not None:
+            physical = f" (CUDA_VISIBLE_DEVICES={slot.gpu})" if slot.gpu != slot.label else ""
+            where = f"GPU {slot.label}{physical}, {sharers[slot.gpu]} on it"
         _say(out_lock, f"[w{slot.index}] started pid {p.pid} ({where})")
         t = threading.Thread(target=_relay, args=(p, f"[w{slot.index}] ", out_lock), daemon=True)
         t.start()
@@ -118,6 +142,39 @@ def launch(
         for t in relays:
             t.join(timeout=5)
     return [p.returncode for p in procs]
+
+
+def worker_env(
+    slot: Slot, sharers: int, workers: int, storage_url: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of the worker in ``slot``: this process's, with the storage URL, the
+    worker's place among ``workers``, its threads, and its GPU: ``CUDA_VISIBLE_DEVICES`` set to
+    the slot's entry (``HPSEARCH_GPU_ID`` too) and ``HPSEARCH_GPU_SHARERS`` to the ``sharers``
+    placed on that GPU; a CPU worker sees no GPU."""
+    from hpsearch.engine.devices import GPU_ID_ENV, GPU_SHARERS_ENV
+
+    env = {
+        **os.environ,
+        "HPSEARCH_STORAGE": storage_url,
+        "HPSEARCH_WORKER_ID": str(slot.index),
+        "HPSEARCH_WORKERS": str(workers),
+        "HPSEARCH_THREADS": str(slot.threads),
+        "OMP_NUM_THREADS": str(slot.threads),
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+    if slot.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env[GPU_ID_ENV] = slot.gpu
+        env[GPU_SHARERS_ENV] = str(sharers)
+        # freed blocks of any size can be reused: training and evaluation batches of different
+        # shapes do not each keep a high-water mark reserved (unless the user set it already)
+        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    else:
+        env.pop(GPU_ID_ENV, None)
+        env.pop(GPU_SHARERS_ENV, None)
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker starts no CUDA context on any GPU
+    return env
 
 
 def _say(lock: threading.Lock, line: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from hpsearch.engine.data import DeviceData
+    from hpsearch.search.launcher import Slot
     from hpsearch.storage.budget import Share
 
 Say = Callable[[str], None]  # one line for the user, said while the work goes on
@@ -70,6 +71,7 @@ class JoinOptions:
     workers: int = 1  # how many the run started
     threads: int | None = None  # torch threads
     run_id: str | None = None  # the run whose share it works for
+    gpu: int | None = None  # worker --gpu: the GPU (as this process numbers them) to train on
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,15 @@ def _auto_per_gpu(opts: RunOptions, say: Say) -> Callable[[str], int]:
     line."""
 
     def decide(gpu: str) -> int:
-        from hpsearch.search.gpu_plan import probe, trials_per_gpu
+        from hpsearch.engine.images import list_split
+        from hpsearch.search.gpu_plan import largest_memory, probe, trials_per_gpu
 
+        cfg = load(opts.study, opts.overrides)
+        classes, _ = list_split(cfg.data.root / "train", cfg.data.max_per_class)
+        _, model = largest_memory(cfg, len(classes))
         say(f"measuring one trial of {opts.study} on GPU {gpu} to pick --trials-per-gpu...")
         try:
-            k, why = trials_per_gpu(probe([opts.study, *opts.overrides], gpu))
+            k, why = trials_per_gpu(probe([opts.study, *opts.overrides], gpu), model)
         except HpsearchError as e:
             say(f"warning: {e}; running 1 trial per GPU (set --trials-per-gpu)")
             return 1
@@ -144,7 +150,10 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     from hpsearch.engine.data import load_data  # torch: imported once the checks have passed
     from hpsearch.search.launcher import launch, plan_slots
 
-    slots = plan_slots(opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say))
+    slots = plan_slots(
+        opts.workers, opts.gpus, opts.trials_per_gpu, _auto_per_gpu(opts, say), cfg.train.device
+    )
+    slots = _fit_storage(slots, url, opts.trials, say)
     local = len(slots) == 1 and slots[0].gpu is None
     device = device_for(cfg) if local else None
     import torch
@@ -243,9 +252,18 @@ def join_search(opts: JoinOptions, say: Say) -> None:
 
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    device = device_for(cfg)
+    device = device_for(cfg, opts.gpu)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")
+    from hpsearch.engine.devices import pinned, visible_gpus
+
+    if device.type == "cuda" and not pinned() and opts.gpu is None:
+        gpus = visible_gpus()
+        if len(gpus) > 1 and not cfg.train.device.startswith("cuda:"):
+            say(
+                f"note: GPU {device.index} of the {len(gpus)} this process sees; "
+                "--gpu N picks another"
+            )
     store = artifacts_dir(url, opts.artifacts)
     _work(
         cfg,
@@ -280,7 +298,11 @@ def _work(
 ) -> None:
     """Run this process's share of the budget, printing progress (``first``: the run's first
     worker, which says the size of a trial; ``workers``: how many the run has)."""
-    from hpsearch.search.objective import TrialOutOfMemory, make_keeper, make_objective
+    from hpsearch.search.objective import (
+        TrialOutOfMemory,
+        make_keeper,
+        make_objective,
+    )
     from hpsearch.search.progress import Progress, RunSize
     from hpsearch.search.workers import run_until_budget
     from hpsearch.storage import optuna_private
@@ -307,7 +329,11 @@ def _work(
         study,
         make_objective(cfg, data, progress.epoch, keeper, command=command),
         claim_lock(optuna_private.storage_of(study), study.study_name),
-        callbacks=[progress.trial_done, *([keeper.settle] if keeper is not None else [])],
+        callbacks=[
+            progress.trial_done,
+            *([keeper.settle] if keeper is not None else []),
+            between_trials(data.device),
+        ],
         catch=(TrialOutOfMemory,),
         poll_seconds=min(5.0, float(heartbeat)),
         grid_check=grid_check(cfg) if cfg.search.sampler.name == "grid" else None,
@@ -317,6 +343,19 @@ def _work(
     )
     if reason == "grid exhausted":
         say("the grid is exhausted: every point has a finished trial")
+
+
+def between_trials(device: torch.device) -> Callable[[Any, Any], None]:
+    """A ``study.optimize`` callback: on a GPU, the blocks the caching allocator kept for the
+    trial that just ended go back to the driver, for the neighbours on this GPU (the plan counts
+    one trial's worst case per worker, not the largest trial each worker ever ran)."""
+    from hpsearch.search.objective import free_memory
+
+    def give_back(study: Any, trial: Any) -> None:
+        if device.type == "cuda":
+            free_memory(device)
+
+    return give_back
 
 
 def _most_blocks(cfg: StudyConfig) -> int:
@@ -374,15 +413,40 @@ def _summary(
     )
 
 
-def device_for(cfg: StudyConfig) -> torch.device:
-    """The study's ``train.device``, resolved; a CUDA device that is not there is a ConfigError."""
-    import torch
+MAX_SQLITE_WORKERS = 4  # the most workers the suite runs on one SQLite file
 
-    from hpsearch.engine.train import resolve_device
 
-    device = resolve_device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device: {cfg.train.device} requested but no CUDA device is available"
+def _fit_storage(slots: list[Slot], url: str, trials: int, say: Say) -> list[Slot]:
+    """No more workers than the trials asked for, and on SQLite, which lets one writer in at a
+    time, no more than MAX_SQLITE_WORKERS: said in one line, with what to use instead."""
+    keep = len(slots)
+    why = []
+    if url.startswith("sqlite") and keep > MAX_SQLITE_WORKERS:
+        keep = MAX_SQLITE_WORKERS
+        why.append(
+            f"SQLite lets one writer in at a time and hpsearch is tested with up to "
+            f"{MAX_SQLITE_WORKERS} workers on one file; for more, use PostgreSQL "
+            "(--storage postgresql://...)"
         )
-    return device
+    if keep > trials:
+        keep = trials
+        why.append(f"--trials {trials} needs no more")
+    if keep == len(slots):
+        return slots
+    say(f"note: running {keep} of {len(slots)} workers: {'; '.join(why)}")
+    return _renumbered(slots[:keep])
+
+
+def _renumbered(slots: list[Slot]) -> list[Slot]:
+    """The threads of each kept worker, recomputed for their number."""
+    cores = os.cpu_count() or 1
+    return [replace(s, threads=max(1, cores // len(slots))) for s in slots]
+
+
+def device_for(cfg: StudyConfig, gpu: int | None = None) -> torch.device:
+    """The device this process trains on: the study's ``train.device`` (or ``worker --gpu``
+    ``gpu``), as :func:`hpsearch.engine.devices.training_device` resolves it; a GPU that is not
+    there is a ConfigError."""
+    from hpsearch.engine.devices import training_device
+
+    return training_device(cfg.train.device, gpu)
