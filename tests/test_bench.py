@@ -63,3 +63,12 @@ def test_serve(data_root: Path, tmp_path: Path) -> None:
                 cwd=tmp_path)  # fmt: skip
     rows = re.findall(r"^\| (\d+) \| (on|off) \| [\d.]+ \|", out, re.M)
     assert rows == [("1", "off"), ("1", "on"), ("4", "off"), ("4", "on")], out
+
+
+def test_memory_plan(tmp_path: Path) -> None:
+    # the smoke study's largest trial on an 8 GiB card; no photos needed with --classes
+    out = bench("memory_plan.py", "--study", "smoke", "--card-gib", "8", "--classes", "2",
+                "--ks", "1,2", cwd=REPO)  # fmt: skip
+    assert re.search(r"^  evaluation\s+[\d.]+ GiB$", out, re.M), out
+    assert re.search(r"^  K=2 \s*[\d.]+ GiB of 8: (fits|does not fit)$", out, re.M), out
+    assert re.search(r"^  memory fit: \d+ workers per card$", out, re.M), out
