@@ -150,8 +150,12 @@ def test_no_gpu_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, gpu, asked in (("cuda", None, "train.device: cuda"), ("auto", 0, "--gpu 0")):
         with pytest.raises(ConfigError, match=f"{asked} requested but no CUDA device"):
             training_device(name, gpu)
-    with pytest.raises(ConfigError, match=r"train\.device: cuda requested"):
-        plan_slots(None, None, None, device="cuda")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=rf"train\.device: {device} requested but no CUDA"):
+            plan_slots(None, None, None, device=device)
+    for flags, flag in (((None, "0", None), "--gpus"), ((None, None, 2), "--trials-per-gpu")):
+        with pytest.raises(ConfigError, match=f"{flag}: CUDA sees no GPU here; use --workers N"):
+            plan_slots(*flags)  # not silently ignored
 
 
 def test_the_probe_child_sees_only_the_gpu_it_measures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +209,7 @@ def test_a_probe_that_hangs_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_plan.probe(["smoke"], "0")
 
 
-def test_run_refuses_physical_numbers_under_an_allocation(workdir: Path) -> None:
+def test_run_refuses_gpus_it_cannot_see(workdir: Path) -> None:
     # A real `hpsearch run` under CUDA_VISIBLE_DEVICES on this CPU machine: CUDA sees no GPU,
     # so --gpus names none of them; one line, exit 2, nothing written.
     r = hpsearch(
@@ -215,5 +219,5 @@ def test_run_refuses_physical_numbers_under_an_allocation(workdir: Path) -> None
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip().count("\n") == 0
-    assert "--gpus: '1' names no GPU this process sees: it sees 0 GPUs" in r.stderr
+    assert "--gpus: CUDA sees no GPU here; use --workers N for CPU workers" in r.stderr
     assert not (workdir / "hpsearch.db").exists()

@@ -63,6 +63,11 @@ def plan_slots(
         return [Slot(i, None, max(1, cores // n)) for i in range(n)]
     visible = visible_gpus()
     named = device.removeprefix("cuda:") if device.startswith("cuda:") else None
+    if device.startswith("cuda") and not visible:
+        raise ConfigError(f"train.device: {device} requested but no CUDA device is available")
+    if not visible and (gpus is not None or per_gpu is not None):
+        flag = "--gpus" if gpus is not None else "--trials-per-gpu"
+        raise ConfigError(f"{flag}: CUDA sees no GPU here; use --workers N for CPU workers")
     if named is not None:
         gpu_index(named, "train.device", visible)
         if gpus is not None and [g.strip() for g in gpus.split(",")] != [named]:
@@ -79,12 +84,8 @@ def plan_slots(
         twice = sorted({i for i in indices if indices.count(i) > 1})
         if twice:
             raise ConfigError(f"--gpus: GPU {twice[0]} is named twice (use --trials-per-gpu)")
-    elif visible:
-        indices = list(range(len(visible)))
-    elif device.startswith("cuda"):
-        raise ConfigError(f"train.device: {device} requested but no CUDA device is available")
     else:
-        indices = []
+        indices = list(range(len(visible)))
     if indices:
         if workers is None and per_gpu is None:
             per_gpu = auto_per_gpu(visible[indices[0]]) if auto_per_gpu is not None else 1
