@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from conftest import PG_ADMIN, hpsearch
-from hpsearch.storage.urls import mask_secrets
+from hpsearch.storage.secrets import mask_secrets, mask_url
 
 SECRET = "s3cret-Pa55"
 
@@ -110,8 +110,106 @@ def test_password_in_the_storage_url_is_never_recorded_or_printed(
     assert SECRET not in repr(trial.user_attrs) + repr(trial.system_attrs)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["query", "sslpassword"])  # user:password@: the test above
+def test_a_password_in_any_form_goes_nowhere(workdir: Path, pg_url: str, form: str) -> None:
+    """Each credential form libpq and SQLAlchemy accept, through every place a URL is shown or
+    stored: run's lines, the trial's recorded command, status, best, trials --csv, the
+    dashboard's first line, serve's /model and page."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from serving import get, start
+
+    base, db = pg_url.rsplit("/", 1)
+    url = {
+        "userinfo": pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@"),
+        "query": f"{base}/{db}?password={SECRET}&application_name=t",
+        "sslpassword": f"{base}/{db}?sslpassword={SECRET}",
+    }[form]
+    tiny = ["--set", "data.max_per_class=40", "--set", "data.val_max_per_class=20"]
+    seen = []
+    r = hpsearch(["run", "--study", "smoke", "--trials", "1", "--storage", url, *tiny], workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen.append(r.stdout + r.stderr)
+    assert "***" in r.stdout
+    (trial,) = optuna.load_study(study_name="smoke", storage=pg_url).trials
+    seen.append(repr(trial.user_attrs) + repr(trial.system_attrs))
+    for command in (["status"], ["best"], ["trials", "--csv", "t.csv"]):
+        r = hpsearch([*command, "--study", "smoke", "--storage", url], workdir)
+        assert r.returncode == 0, r.stdout + r.stderr
+        seen.append(r.stdout + r.stderr)
+    seen.append((workdir / "t.csv").read_text())
+    log = workdir / "dashboard.log"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    with open(log, "w") as out:
+        dash = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch.cli", "dashboard", "--study", "smoke",
+             "--storage", url, "--port", port],
+            cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops it" not in log.read_text() and time.monotonic() < deadline:
+            assert dash.poll() is None, log.read_text()
+            time.sleep(0.2)
+    finally:
+        dash.send_signal(signal.SIGINT)
+        dash.wait(timeout=30)
+    seen.append(log.read_text())
+    assert "Ctrl-C stops it" in seen[-1]
+    proc, served = start(f"--study smoke --storage {url}", workdir, workdir / "serve.log")
+    try:
+        seen.append(repr(get(f"{served}/model")) + get(f"{served}/"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    seen.append((workdir / "serve.log").read_text())
+    for text in seen:
+        assert SECRET not in text, text
+
+
 def test_mask_secrets_masks_every_url_password() -> None:
     text = "run --storage postgresql://u:p@ss@h:5432/db --x https://a:b@c/ sqlite:///x.db"
     assert mask_secrets(text) == (
         "run --storage postgresql://u:***@h:5432/db --x https://a:***@c/ sqlite:///x.db"
     )
+
+
+@pytest.mark.parametrize(
+    "text,shown",
+    [
+        ("postgresql://u:s3cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:s3/cr@et@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            "postgresql://h/db?user=u&password=s3cret&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+        ("postgresql://h/db?sslpassword=s3cret", "postgresql://h/db?sslpassword=***"),
+        ("postgresql://h/db?PASSWORD=s3cret#x", "postgresql://h/db?PASSWORD=***#x"),
+        ("host=h dbname=db password=s3cret user=u", "host=h dbname=db password=*** user=u"),
+        ("host=h password='s3 cret' user=u", "host=h password=*** user=u"),
+        (
+            "postgresql://h/db?passfile=/home/u/.pgpass",
+            "postgresql://h/db?passfile=/home/u/.pgpass",
+        ),
+        ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
+    ],
+)
+def test_every_credential_form_is_masked(text: str, shown: str) -> None:
+    assert mask_secrets(text) == shown
+    assert mask_secrets(f"run --storage {text} --trials 3") == f"run --storage {shown} --trials 3"
+    assert "s3" not in mask_url(text) or "s3" not in text
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@127.0.0.1:abc/db", "postgresql://u:pw@[::1/db"])
+def test_an_unreadable_host_or_port_is_one_line(workdir: Path, url: str) -> None:
+    for command in (["status"], ["run", "--trials", "1"], ["worker"], ["serve"]):
+        r = hpsearch([*command, "--study", "smoke", "--storage", url], workdir)
+        assert r.returncode == 1, r.stdout + r.stderr  # a storage error, as for any bad URL
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "cannot read its host and port" in r.stderr and "pw" not in r.stderr

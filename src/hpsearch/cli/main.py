@@ -278,7 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: RunSummary) -> int:
     """Print what the run did; exit code 0 when its share of the budget (or the grid) is done."""
-    from hpsearch.storage.urls import mask_url, storage_url
+    from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.urls import storage_url
 
     for index, code in summary.worker_exits:
         how = f"signal {-code}" if code < 0 else f"exit code {code}"

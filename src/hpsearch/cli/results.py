@@ -281,7 +281,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.results.read import open_existing, study_name
     from hpsearch.serve.dashboard import bind, dashboard_url, serve
     from hpsearch.storage import optuna_private
-    from hpsearch.storage.urls import artifacts_dir, mask_url, open_storage, storage_url
+    from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.urls import artifacts_dir, open_storage, storage_url
 
     url = storage_url(args.storage)
     store = artifacts_dir(url, args.artifacts)

@@ -91,7 +91,7 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hpsearch.storage.urls import mask_url
+    from hpsearch.storage.secrets import mask_url
 
     study, url, store = open_for(args)
     trial, ckpt, _ = chosen(study, store, args)

@@ -24,6 +24,7 @@ from hpsearch.results.timing import duration, mean_trial_seconds, search_seconds
 from hpsearch.storage.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.storage.compat import check_objective
 from hpsearch.storage.existing import require_studies
+from hpsearch.storage.secrets import mask_url
 from hpsearch.storage.state import (
     CONFIRM_N,
     CONFIRM_RUNS,
@@ -38,7 +39,7 @@ from hpsearch.storage.state import (
     TARGET_ATTR,
 )
 from hpsearch.storage.study import is_feasible, objectives_of
-from hpsearch.storage.urls import mask_url, open_storage
+from hpsearch.storage.urls import open_storage
 
 
 def study_name(study_arg: str, study_name_arg: str | None) -> str:

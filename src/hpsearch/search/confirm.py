@@ -199,7 +199,8 @@ def cmd_confirm(args: Any) -> int:
     from hpsearch.config import load_study, parse_set
     from hpsearch.results.read import open_existing, pick_trial, ranked, study_name
     from hpsearch.search.launcher import launch, plan_slots
-    from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
+    from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.urls import artifacts_dir, storage_url
 
     overrides = [parse_set(item) for item in args.overrides]
     url = storage_url(args.storage)

@@ -34,6 +34,7 @@ from hpsearch.space import (
     trial_seed,
 )
 from hpsearch.storage.checkpoint import CheckpointKeeper
+from hpsearch.storage.secrets import mask_secrets
 from hpsearch.storage.state import (
     ACTIVATIONS_ATTR,
     BATCH_SIZE_ATTR,
@@ -57,7 +58,6 @@ from hpsearch.storage.state import (
     VERSIONS_ATTR,
     WORKER_ATTR,
 )
-from hpsearch.storage.urls import mask_secrets
 
 
 class TrialOutOfMemory(Exception):

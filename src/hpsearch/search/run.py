@@ -141,8 +141,9 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     if extra:
         cfg = load(opts.study, opts.overrides, extra)
 
+    from hpsearch.storage.secrets import mask_url
     from hpsearch.storage.study import check_before_opening, open_for_run
-    from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
+    from hpsearch.storage.urls import artifacts_dir, storage_url
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
@@ -232,8 +233,9 @@ def join_search(opts: JoinOptions, say: Say) -> None:
     its budget to appear) and run trials until its budget is spent."""
     cfg = load(opts.study, opts.overrides)
 
+    from hpsearch.storage.secrets import mask_url
     from hpsearch.storage.study import join_study
-    from hpsearch.storage.urls import artifacts_dir, mask_url, storage_url
+    from hpsearch.storage.urls import artifacts_dir, storage_url
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name

@@ -84,7 +84,7 @@ class _ClaimFile:
         try:
             return self.lock.acquire(*args, **kwargs)
         except OSError as e:
-            from hpsearch.storage.urls import mask_url
+            from hpsearch.storage.secrets import mask_url
 
             raise StorageError(
                 f"database {mask_url(self.db_url)} failed during locking: cannot make "

@@ -9,18 +9,15 @@ from typing import Any
 
 import sqlalchemy
 import sqlalchemy.exc
-from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError, first_line
-from hpsearch.storage.urls import in_memory_message, is_in_memory_sqlite, mask_url
+from hpsearch.storage.secrets import mask_url
+from hpsearch.storage.urls import in_memory_message, is_in_memory_sqlite, parse_url
 
 
 def require_database(url: str) -> None:
     """An SQLite file must exist; a server database is checked by :func:`require_studies`."""
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return  # open_storage says what is wrong with it
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         return
     db = parsed.database
@@ -39,10 +36,7 @@ def require_studies(url: str) -> None:
     """The database must exist and hold Optuna's tables (checked without creating them)."""
     require_database(url)
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return
+    parsed = parse_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":  # as open_storage does: psycopg 3

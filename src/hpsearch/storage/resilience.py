@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
-from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError, first_line
 from hpsearch.storage import optuna_private
+from hpsearch.storage.secrets import mask_url
 
 RETRY_SECONDS = 120.0
 T = TypeVar("T")
@@ -76,10 +76,7 @@ def permanent_error(error: BaseException, what: str, url: str) -> StorageError |
     if not isinstance(db, sqlalchemy.exc.OperationalError):
         return None
     reason = first_line(db.orig or db)
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        shown = "the storage"
+    shown = mask_url(url)
     hint = " (is the file or its directory read-only?)" if "readonly" in reason else ""
     return StorageError(f"database {shown} failed during {what}: {reason}{hint}")
 

@@ -7,7 +7,6 @@ checkpoints beside it; every URL a command prints or records goes through :func:
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError, first_line
 from hpsearch.storage.resilience import ResilientRDBStorage
+from hpsearch.storage.secrets import mask_url
 
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -39,7 +39,7 @@ def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
         return Path(chosen).expanduser().resolve()
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         parsed = None
     if parsed is not None and parsed.get_backend_name() == "sqlite":
         db = parsed.database
@@ -49,20 +49,20 @@ def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
     return Path("hpsearch-artifacts").resolve()
 
 
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^\s/]*@")
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (command lines)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to print and log."""
+def parse_url(url: str) -> sqlalchemy.engine.URL:
+    """``url`` parsed; a URL SQLAlchemy cannot read (no scheme, a port that is not a number, an
+    unclosed ``[``) is a StorageError, said in one line with the credentials masked."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        return "<unparseable storage URL>"
+        raise StorageError(
+            f"storage URL {mask_url(url)} is not a database URL (e.g. {DEFAULT_STORAGE})"
+        ) from None
+    except ValueError:  # SQLAlchemy reads the port with int()
+        raise StorageError(
+            f"storage URL {mask_url(url)}: cannot read its host and port (a port is a number, "
+            "an IPv6 address is written [::1]; e.g. postgresql://user@127.0.0.1:5432/hpsearch)"
+        ) from None
 
 
 def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
@@ -97,7 +97,7 @@ def check_storage(url: str) -> None:
     database. Nothing is created: a new SQLite file is made by open_storage, later."""
     shown = mask_url(url)
     url, engine_kwargs = _engine_args(url)
-    parsed = make_url(url)
+    parsed = parse_url(url)
     db = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and not db.startswith("file:"):
         path = Path(db).expanduser()
@@ -124,12 +124,7 @@ def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
     """The URL to connect to (PostgreSQL through psycopg 3) and SQLAlchemy's engine options;
     a URL that open_storage would refuse before connecting is a StorageError."""
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(
-            f"storage URL {shown} is not a database URL (e.g. {DEFAULT_STORAGE})"
-        ) from None
+    parsed = parse_url(url)
     scheme = parsed.get_backend_name()
     if scheme not in SCHEMES:
         raise StorageError(
