@@ -247,3 +247,70 @@ def test_a_kernel_range_draws_odd_sizes_only() -> None:
     assert cfg.search.space["kernel_size"] == IntRange(3, 7, False, 2)
     cfg = load_study("smoke", [parse_set("search.grid={kernel_size_b2: [3, 5]}")])
     assert cfg.search.grid == {"kernel_size_b2": (3, 5)}
+
+
+@pytest.mark.parametrize(
+    "option,needle",
+    [
+        (
+            "pruner: {name: hyperband, max_resource: 0}",
+            "search.pruner.max_resource: expected a whole number >= 1 or auto, got 0",
+        ),
+        (
+            "pruner: {name: hyperband, min_resource: 5, max_resource: 3}",
+            "search.pruner.max_resource: must be at least min_resource (5), got 3",
+        ),
+        (
+            'pruner: {name: percentile, percentile: "40"}',
+            "search.pruner.percentile: expected a number from 0 to 100, got '40' (a str)",
+        ),
+        (
+            "pruner: {name: median, n_startup_trials: true}",
+            "search.pruner.n_startup_trials: expected a whole number >= 0",
+        ),
+        (
+            "pruner: {name: successive_halving, reduction_factor: 1}",
+            "search.pruner.reduction_factor: expected a whole number >= 2",
+        ),
+        ("pruner: {name: none, patience: 3}", "none takes no option 'patience'"),
+        ("sampler: {name: tpe, bogus: 1}", "search.sampler.bogus: tpe takes no option 'bogus'"),
+        ("sampler: {name: tpe, multivariate: 'yes'}", "expected true or false, got 'yes'"),
+        ("sampler: {name: qmc, qmc_type: lattice}", "expected one of sobol, halton"),
+        ("sampler: {name: tpe, prior_weight: 0}", "expected a number above 0, got 0"),
+    ],
+)
+def test_sampler_and_pruner_options_are_checked_on_reading(
+    tmp_path: Path, option: str, needle: str
+) -> None:
+    p = write(tmp_path, f"data:\n  image_size: 32\nsearch:\n  {option}\n")
+    with pytest.raises(ConfigError) as e:
+        load_study(p)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_option_table_matches_optunas_constructors() -> None:
+    """Every option the study file may give is a keyword of Optuna's class, and an option of
+    the table's type and range constructs it (the table cannot drift from Optuna)."""
+    import inspect
+
+    import optuna
+
+    from hpsearch.config import OPTIONS
+
+    classes = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "grid": optuna.samplers.GridSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+    }
+    for kind in OPTIONS.values():
+        for name, options in kind.items():
+            keywords = inspect.signature(classes[name]).parameters
+            assert set(options) <= set(keywords), (name, set(options) - set(keywords))

@@ -7,6 +7,7 @@ key and where it came from: the study file, or the ``--set`` / ``--sampler`` fla
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -449,6 +450,113 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
     return StudyConfig(path.stem, path, data, train, search, MappingProxyType(resolved))
 
 
+# The options each sampler and pruner takes (Optuna's constructors' keywords) and what each must
+# be: ("int", low) an integer >= low; ("float", low, high) a number in [low, high] (low excluded
+# when it is 0.0 and the option is a scale); ("bool",); ("choice", a, b, ...). "auto" is also
+# accepted where Optuna takes it. Checked when the study file is read, before anything opens the
+# storage: Optuna itself checks some only when it first prunes (hyperband's max_resource: 0 was
+# a "math domain error" in every trial after its first epoch) or with Python's raw TypeError.
+_STARTUP = {"n_startup_trials": ("int", 0), "n_warmup_steps": ("int", 0)}
+_MEDIAN = {**_STARTUP, "interval_steps": ("int", 1), "n_min_trials": ("int", 1)}
+_SEED = {"seed": ("int", 0)}
+_WARN = {"warn_independent_sampling": ("bool",)}
+OPTIONS: dict[str, dict[str, dict[str, tuple[Any, ...]]]] = {
+    "search.pruner": {
+        "median": _MEDIAN,
+        "percentile": {**_MEDIAN, "percentile": ("float", 0.0, 100.0)},
+        "successive_halving": {
+            "min_resource": ("int", 1, "auto"),
+            "reduction_factor": ("int", 2),
+            "min_early_stopping_rate": ("int", 0),
+            "bootstrap_count": ("int", 0),
+        },
+        "hyperband": {
+            "min_resource": ("int", 1),
+            "max_resource": ("int", 1, "auto"),
+            "reduction_factor": ("int", 2),
+            "bootstrap_count": ("int", 0),
+        },
+        "none": {},
+    },
+    "search.sampler": {
+        "tpe": {
+            **_SEED,
+            **_WARN,
+            "n_startup_trials": ("int", 0),
+            "n_ei_candidates": ("int", 1),
+            "multivariate": ("bool",),
+            "group": ("bool",),
+            "constant_liar": ("bool",),
+            "consider_endpoints": ("bool",),
+            "consider_magic_clip": ("bool",),
+            "prior_weight": ("float", 0.0, math.inf),
+        },
+        "random": _SEED,
+        "grid": _SEED,
+        "gp": {
+            **_SEED,
+            **_WARN,
+            "n_startup_trials": ("int", 0),
+            "deterministic_objective": ("bool",),
+        },
+        "cmaes": {
+            **_SEED,
+            **_WARN,
+            "n_startup_trials": ("int", 0),
+            "sigma0": ("float", 0.0, math.inf),
+            "restart_strategy": ("choice", "ipop", "bipop"),
+            "popsize": ("int", 1),
+            "inc_popsize": ("int", 1),
+            "use_separable_cma": ("bool",),
+            "with_margin": ("bool",),
+            "lr_adapt": ("bool",),
+            "consider_pruned_trials": ("bool",),
+        },
+        "qmc": {**_SEED, **_WARN, "qmc_type": ("choice", "sobol", "halton"), "scramble": ("bool",)},
+    },
+}
+
+
+def _check_options(key: str, name: str, options: Mapping[str, Any]) -> None:
+    """Each option of sampler or pruner ``name`` is one it takes, of the type and range it
+    takes (see OPTIONS); the first that is not is an _Invalid naming it."""
+    takes = OPTIONS[key][name]
+    for option, value in options.items():
+        where = f"{key}.{option}"
+        if option not in takes:
+            known = ", ".join(sorted(takes)) or "none"
+            raise _Invalid(where, f"{name} takes no option {option!r} (its options: {known})")
+        kind, *rule = takes[option]
+        got = f"got {value!r}" + (f" (a {type(value).__name__})" if isinstance(value, str) else "")
+        if "auto" in rule and value == "auto":
+            continue
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise _Invalid(where, f"expected true or false, {got}")
+        elif kind == "choice":
+            if value not in rule:
+                raise _Invalid(where, f"expected one of {', '.join(rule)}, {got}")
+        elif kind == "int":
+            low = rule[0]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                auto = " or auto" if "auto" in rule else ""
+                raise _Invalid(where, f"expected a whole number >= {low}{auto}, {got}")
+        else:  # float
+            low, high = rule
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not (
+                low < value <= high if low == 0.0 and high == math.inf else low <= value <= high
+            ):
+                span = f"above {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+                raise _Invalid(where, f"expected a number {span}, {got}")
+    if name == "hyperband":
+        low, high = options.get("min_resource", 1), options.get("max_resource", "auto")
+        if high != "auto" and high < low:
+            raise _Invalid(
+                f"{key}.max_resource", f"must be at least min_resource ({low}), got {high}"
+            )
+
+
 def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -460,6 +568,7 @@ def _named(raw: Any, key: str, names: Sequence[str]) -> NamedOptions:
             key, f"unknown {key.rsplit('.', 1)[-1]} {name!r} (choose from {', '.join(names)})"
         )
     options = {k: v for k, v in raw.items() if k != "name"}
+    _check_options(key, str(name), options)
     return NamedOptions(str(name), MappingProxyType(options))
 
 
