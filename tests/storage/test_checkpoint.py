@@ -98,6 +98,57 @@ def test_a_corrupt_checkpoint_is_refused(
     assert "Traceback" not in r.stderr
 
 
+def _break_missing_trial(blob: dict[str, Any]) -> None:
+    del blob["trial"]
+
+
+def _break_config(blob: dict[str, Any]) -> None:
+    blob["config"] = "{not json"
+
+
+def _break_arch(blob: dict[str, Any]) -> None:
+    blob["arch"]["wings"] = 2
+
+
+def _break_size(blob: dict[str, Any]) -> None:
+    blob["image_size"] = -5
+
+
+def _break_weights(blob: dict[str, Any]) -> None:
+    first = next(iter(blob["state_dict"]))
+    blob["state_dict"][first] = blob["state_dict"][first].clone().fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (_break_missing_trial, "is broken: its 'trial' is nothing"),
+        (_break_config, "is broken: its config is not JSON"),
+        (_break_arch, "architecture has the wrong fields (wings)"),
+        (_break_size, "is broken: image_size -5"),
+        (_break_weights, "weights hold NaN or infinity"),
+    ],
+    ids=["no-trial", "config", "arch", "size", "nan"],
+)
+def test_a_checkpoint_with_broken_contents_is_one_line(
+    smoke_study: Path, tmp_path: Path, data_root: Path, damage: Any, needle: str
+) -> None:
+    """The right format tag, broken contents: predict refuses in one line (it was a traceback,
+    and NaN weights predicted "cat nan")."""
+    work = copy_study(smoke_study, tmp_path)
+    best = ranked(load(work))[0]
+    path = checkpoint_path(best, work / "hpsearch-artifacts")
+    blob = torch.load(path, weights_only=True)
+    damage(blob)
+    torch.save(blob, path)
+    photo = sorted((data_root / "val" / "cat").iterdir())[0]
+    r = hpsearch(["predict", "--study", "smoke", str(photo)], work)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "nan" not in r.stdout
+
+
 def test_a_removed_checkpoint_names_the_kept_ones(smoke_study: Path) -> None:
     dropped = ranked(load(smoke_study))[2]
     r = hpsearch(

@@ -19,7 +19,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from hpsearch.config import StudyConfig, config_from_dict
+from hpsearch.config import MAX_IMAGE_SIZE, StudyConfig, config_from_dict
 from hpsearch.engine.model import build_model
 from hpsearch.engine.spec import ArchSpec
 from hpsearch.errors import first_line
@@ -250,6 +250,7 @@ def load_checkpoint(
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an hpsearch checkpoint ({FORMAT})")
+    check_contents(blob, path)
     if blob["trial"] != trial.number or blob["params"] != trial.params:
         raise CheckpointError(
             f"checkpoint {path} records trial {blob['trial']}, not trial {trial.number} "
@@ -258,9 +259,68 @@ def load_checkpoint(
     return checkpoint_from_blob(blob, path)
 
 
+# what each field of a checkpoint holds (checkpoint_blob); checked on every load
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "study": str,
+    "trial": int,
+    "value": (int, float),
+    "params": dict,
+    "arch": dict,
+    "classes": list,
+    "image_size": int,
+    "config": str,
+    "state_dict": dict,
+}
+
+
+def check_contents(blob: Mapping[str, Any], path: Path) -> None:
+    """Every field a checkpoint needs is there and of its type, the architecture has exactly
+    ArchSpec's fields, the config is JSON, the weights are tensors with no NaN or infinity: else
+    a one-line CheckpointError naming the field (a file with the right format tag and broken
+    contents was a traceback in predict, and NaN weights predicted "cat nan")."""
+    where = f"checkpoint {path}"
+    for name, kind in _FIELDS.items():
+        value = blob.get(name)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            got = "nothing" if value is None else type(value).__name__
+            raise CheckpointError(f"{where} is broken: its {name!r} is {got}; refusing to load it")
+    trial = blob["trial"]
+    arch_fields = {f.name for f in fields(ArchSpec)}
+    if set(blob["arch"]) != arch_fields:
+        odd = sorted(set(blob["arch"]) ^ arch_fields)
+        raise CheckpointError(
+            f"{where} (trial {trial}) is broken: its architecture has the wrong fields "
+            f"({', '.join(odd)}); refusing to load it"
+        )
+    size = blob["image_size"]
+    if not 1 <= size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(f"{where} (trial {trial}) is broken: image_size {size}")
+    classes = blob["classes"]
+    if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        raise CheckpointError(
+            f"{where} (trial {trial}) is broken: classes must be two or more names"
+        )
+    try:
+        config = json.loads(blob["config"])
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} (trial {trial}) is broken: its config is not JSON")
+    for key, tensor in blob["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{where} (trial {trial}) is broken: {key} is not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{where}: trial {trial}'s weights hold NaN or infinity ({key}); the trial "
+                "diverged, refusing to load it"
+            )
+
+
 def checkpoint_from_blob(blob: Mapping[str, Any], path: Path) -> Checkpoint:
-    """A :class:`Checkpoint` from what :func:`checkpoint_blob` makes, after checking that its
-    recorded architecture is the one its parameters build."""
+    """A :class:`Checkpoint` from what :func:`checkpoint_blob` makes, after checking its
+    contents (:func:`check_contents`) and that its recorded architecture is the one its
+    parameters build."""
+    check_contents(blob, path)
     cfg = config_from_dict(json.loads(blob["config"]), f"checkpoint {path}")
     values = sample_values(cfg.search, params_source(blob["params"], f"checkpoint {path}"))
     expected = to_trial_spec(values, cfg, 0).arch
