@@ -174,11 +174,14 @@ def test_the_probe_child_sees_only_the_gpu_it_measures(monkeypatch: pytest.Monke
         env = kw["env"]
         assert isinstance(env, dict)
         seen["visible"] = env["CUDA_VISIBLE_DEVICES"]
+        seen["alloc"] = env["PYTORCH_CUDA_ALLOC_CONF"]
         return subprocess.CompletedProcess(cmd, 0, f"noise\n{reply}\n", "")
 
     monkeypatch.setattr(gpu_plan.subprocess, "run", run)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     p = gpu_plan.probe(["smoke"], "GPU-1a7e44")
     assert seen["visible"] == "GPU-1a7e44" and p.busy_share is None
+    assert seen["alloc"] == "expandable_segments:True"  # as the workers it plans for
 
 
 @pytest.mark.parametrize(

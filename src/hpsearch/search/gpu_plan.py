@@ -265,7 +265,10 @@ def probe_here(cfg: StudyConfig) -> Probe:
 def probe(study_file_args: list[str], gpu: str, timeout: float = PROBE_TIMEOUT_S) -> Probe:
     """Run :func:`probe_here` in a child process that sees only ``gpu`` (an entry of the
     parent's ``CUDA_VISIBLE_DEVICES``: an ordinal or a ``GPU-...`` UUID)."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    # the allocator setting the launcher gives its workers (unless set already): the probe
+    # measures under the conditions it plans for
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **os.environ}
+    env["CUDA_VISIBLE_DEVICES"] = gpu
     try:
         done = subprocess.run(
             [sys.executable, "-m", "hpsearch.search.gpu_plan", *study_file_args],
