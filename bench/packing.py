@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -78,16 +79,40 @@ def worker(args: Any, model: str, k: int, start: Any, out: Any) -> None:
     out.put((t0, t1, images, result.train_images_per_s, peak))
 
 
-def run(args: Any, model: str, k: int) -> dict[str, float]:
+def run(args: Any, model: str, k: int, timeout: float | None = None) -> dict[str, float]:
+    """K processes of ``model`` side by side. A process that dies (out of memory, a crash) or a
+    run past ``timeout`` seconds raises RuntimeError saying which, after stopping the others,
+    instead of waiting for a result that never comes."""
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(k)
     out = ctx.Queue()
     procs = [ctx.Process(target=worker, args=(args, model, k, start, out)) for _ in range(k)]
     for p in procs:
         p.start()
-    rows = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
+    rows: list[tuple[float, float, int, float, int]] = []
+    until = None if timeout is None else time.monotonic() + timeout
+    try:
+        while len(rows) < k:
+            try:
+                rows.append(out.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                pass
+            dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                i, code = dead[0]
+                raise RuntimeError(
+                    f"K={k}: process {i} of {k} exited with code {code} before its result"
+                )
+            if until is not None and time.monotonic() > until:
+                raise RuntimeError(
+                    f"K={k}: no result from {k - len(rows)} process(es) in {timeout:.0f} s"
+                )
+    finally:
+        for p in procs:
+            if len(rows) < k and p.is_alive():
+                p.kill()
+            p.join()
     span = max(r[1] for r in rows) - min(r[0] for r in rows)
     return {
         "aggregate": sum(r[2] for r in rows) / span,

@@ -1,6 +1,6 @@
-"""The GPU path on a real CUDA device: a training step, the --trials-per-gpu probe, and a trial that
-runs out of GPU memory. Skipped without a device; bench/gpu_check.py runs them when one is lent
-(``pytest -m gpu``)."""
+"""The GPU path on a real CUDA device: a training step (bf16 autocast seen inside fit), the
+--trials-per-gpu probe, and a trial that runs out of GPU memory. Skipped without a device;
+bench/gpu_check.py runs them when one is lent (``pytest -m gpu``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from optuna.trial import TrialState
 
 from hpsearch.config import load_study, parse_set
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.devices import visible_gpus
 from hpsearch.engine.spec import DataConfig
-from hpsearch.engine.train import fit
-from hpsearch.search.gpu_plan import MAX_PER_GPU, probe, trials_per_gpu
+from hpsearch.engine.train import EpochMetrics, fit
+from hpsearch.search.gpu_plan import MAX_PER_GPU, largest_memory, probe, trials_per_gpu
 from hpsearch.search.launcher import plan_slots
 from hpsearch.search.objective import TrialOutOfMemory, make_objective
 from hpsearch.space import seed_spec
@@ -38,32 +39,52 @@ def cuda_data(data_root: Path) -> DeviceData:
 
 
 def test_training_step_on_cuda(cuda_data: DeviceData) -> None:
-    """fit() on the GPU: the data and the model live there, channels_last, bf16 autocast."""
+    """fit() on the GPU: the data and the model live there, channels_last, and fit's own
+    training forward passes run under bf16 autocast: a global forward hook records what every
+    convolution and linear layer returned while fit() trained (the weights stay fp32)."""
     assert cuda_data.train_images.is_cuda and cuda_data.train_images.dtype == torch.uint8
-    seen = []
-    result = fit(SEED, cuda_data, seen.append, eval_batch_size=64)
+    seen_dtypes: list[tuple[str, bool, torch.dtype, bool]] = []
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and isinstance(
+            output, torch.Tensor
+        ):
+            autocast = torch.is_autocast_enabled("cuda")
+            seen_dtypes.append((type(module).__name__, module.training, output.dtype, autocast))
+
+    seen: list[EpochMetrics] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = fit(SEED, cuda_data, seen.append, eval_batch_size=64)
+    finally:
+        hook.remove()
     assert [m.epoch for m in seen] == [1, 2]
     assert all(math.isfinite(m.train_loss) and 0 <= m.val_accuracy <= 1 for m in seen)
+    training = [(name, dtype, on) for name, train, dtype, on in seen_dtypes if train]
+    assert {name for name, _, _ in training} == {"Conv2d", "Linear"}, seen_dtypes[:5]
+    assert all(dtype == torch.bfloat16 and on for _, dtype, on in training), set(training)
     params = list(result.model.parameters())
     assert all(p.is_cuda and p.dtype == torch.float32 for p in params)
     conv = params[0]
     assert conv.dim() == 4 and conv.is_contiguous(memory_format=torch.channels_last)
-    x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert result.model(x).dtype == torch.bfloat16
 
 
 def test_trials_per_gpu_probe(data_root: Path) -> None:
-    """The probe measures the smoke study's largest trial on GPU 0 in a child process; the rule
-    gives 1..8 workers, and run's slot plan puts that many on the GPU."""
-    p = probe(["smoke", f"data.root={data_root}"], "0")
+    """The probe measures the smoke study's largest trial on the first GPU this process sees (an
+    entry of an inherited CUDA_VISIBLE_DEVICES, or 0) in a child process; the rule, with the
+    memory model's prediction, gives 1..8 workers, and run's slot plan puts that many there."""
+    cfg = load_study("smoke", [parse_set(f"data.root={data_root}")])
+    _, model = largest_memory(cfg, 2)
+    gpu = visible_gpus()[0]
+    p = probe(["smoke", f"data.root={data_root}"], gpu)
     assert 0 < p.trial_bytes < p.total_bytes
     assert p.data_bytes > 0 and p.data_bytes % (32 * 32 * 3) == 0  # uint8 images at 32px
+    assert p.busy_share is not None, "the profiler saw no GPU kernels"
     assert 0 < p.busy_share <= 1
-    k, why = trials_per_gpu(p)
+    k, why = trials_per_gpu(p, model)
     assert 1 <= k <= MAX_PER_GPU and why.startswith(f"{k} trials per GPU")
-    slots = plan_slots(None, "0", None, lambda gpu: k)
-    assert [s.gpu for s in slots] == ["0"] * k
+    slots = plan_slots(None, "0", None, lambda entry: k)
+    assert [s.gpu for s in slots] == [gpu] * k
 
 
 def test_cuda_out_of_memory_fails_the_trial_returns_memory_and_the_next_runs(
