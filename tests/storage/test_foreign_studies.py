@@ -233,3 +233,44 @@ def test_a_plain_optuna_study_with_another_space_is_refused_before_any_trial(
     one_line_error(r, "cannot take the search space", "lr from the choices [0.001, 0.01]")
     study = optuna.load_study(study_name="smoke", storage=url)
     assert len(study.trials) == 1 and TARGET not in study.user_attrs
+
+
+@pytest.mark.parametrize(
+    "where,key,value,command,needle",
+    [
+        (
+            "study",
+            "target_trials",
+            "lots",
+            "status",
+            "study 'smoke': user attribute 'target_trials'",
+        ),
+        ("trial", "confirm_runs", 5, "best", "trial 2's user attribute 'confirm_runs' is 5"),
+        (
+            "trial",
+            "seed",
+            "zero",
+            "confirm --seeds 1 --top 1",
+            "trial 2's user attribute 'seed' is 'zero', not a whole number",
+        ),
+    ],
+)
+def test_odd_attribute_types_are_one_line(
+    tmp_path: Path, where: str, key: str, value: object, command: str, needle: str
+) -> None:
+    """A plain-Optuna study may hold anything under a name hpsearch reads: each is checked when
+    read and named, with its trial, in one line (they were tracebacks)."""
+    study = optuna.create_study(
+        study_name="smoke", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}", direction="maximize"
+    )
+    for i in range(3):
+        t = study.ask()
+        t.suggest_float("lr", 1e-4, 1e-2, log=True)
+        if where == "trial":
+            t.set_user_attr(key, value)
+        study.tell(t, 0.5 + i / 10)
+    if where == "study":
+        study.set_user_attr(key, value)
+    r = hpsearch([*argv(command), "--study", "smoke"], tmp_path)
+    one_line_error(r, needle)
+    assert r.returncode == 1

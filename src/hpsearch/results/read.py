@@ -36,7 +36,9 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
     FINISHED,
-    TARGET_ATTR,
+    study_attr,
+    target,
+    trial_attr,
 )
 from hpsearch.storage.study import is_feasible, objectives_of
 from hpsearch.storage.urls import open_storage
@@ -135,8 +137,8 @@ def confirmed_summary(c: dict[str, Any]) -> str:
 def confirmed_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]:
     """The confirmed winner and what confirm recorded about it; a StorageError when confirm has
     not run on this study."""
-    c = study.user_attrs.get(CONFIRMED_ATTR)
-    if not isinstance(c, dict) or not isinstance(c.get("trial"), int):
+    c = study_attr(study, CONFIRMED_ATTR, dict)
+    if c is None or not isinstance(c.get("trial"), int) or isinstance(c["trial"], bool):
         raise StorageError(
             f"study {study.study_name!r} has no confirmed trial yet: run hpsearch confirm "
             f"--study {study.study_name} first"
@@ -201,8 +203,8 @@ def status_text(study: optuna.Study, url: str) -> str:
         )
     per_trial = mean_trial_seconds(trials)
     running = states.get("RUNNING", 0)
-    goal = study.user_attrs.get(TARGET_ATTR)
-    left = None if goal is None else int(goal) - len(finished)
+    goal = target(study)
+    left = None if goal is None else goal - len(finished)
     time_line = f"time: {duration(spent)} spent searching (while any trial ran)"
     if left is not None and left > 0 and per_trial is not None:
         workers = max(running, 1)
@@ -213,8 +215,8 @@ def status_text(study: optuna.Study, url: str) -> str:
             + (" running now)" if running else ")")
         )
     lines.append(time_line)
-    confirmed = study.user_attrs.get(CONFIRMED_ATTR)
-    if isinstance(confirmed, dict):
+    confirmed = study_attr(study, CONFIRMED_ATTR, dict)
+    if confirmed is not None:
         lines.append("confirmed: " + confirmed_summary(confirmed))
     if goal is None:
         lines.append("budget: none set (start the search with hpsearch run)")
@@ -230,7 +232,9 @@ def confirm_doc(t: FrozenTrial) -> dict[str, Any] | None:
     a = t.user_attrs
     if CONFIRM_VAL_MEAN not in a and CONFIRM_RUNS not in a:
         return None
-    runs = a.get(CONFIRM_RUNS) or []
+    runs = trial_attr(t, CONFIRM_RUNS, list) or []
+    for key in (CONFIRM_VAL_MEAN, CONFIRM_VAL_STD, CONFIRM_TEST_MEAN, CONFIRM_TEST_STD):
+        trial_attr(t, key, float)
     doc: dict[str, Any] = {
         "val_accuracy_mean": a.get(CONFIRM_VAL_MEAN),
         "val_accuracy_std": a.get(CONFIRM_VAL_STD),
@@ -264,8 +268,8 @@ def confirmed_checkpoint_path(c: dict[str, Any], store_dir: Path) -> Path:
 def best_text(study: optuna.Study, store_dir: Path, confirmed: bool = False) -> str:
     """The best trial (or with ``confirmed``, the confirmed winner) as YAML: number, value,
     parameters, what confirm measured, and its checkpoint."""
-    winner = study.user_attrs.get(CONFIRMED_ATTR)
-    c: dict[str, Any] = winner if isinstance(winner, dict) else {}
+    winner = study_attr(study, CONFIRMED_ATTR, dict)
+    c: dict[str, Any] = winner if winner is not None else {}
     if confirmed:
         t, c = confirmed_trial(study)
     else:

@@ -39,6 +39,7 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_STD,
     SEED_ATTR,
     read_attrs,
+    trial_attr,
 )
 
 
@@ -51,7 +52,8 @@ def confirm_seed(seed: int, run: int) -> int:
 
 
 def own_seed(t: FrozenTrial, cfg: StudyConfig) -> int:
-    return int(t.user_attrs.get(SEED_ATTR, trial_seed(cfg.search.seed, t.number)))
+    seed = trial_attr(t, SEED_ATTR, int)
+    return int(seed) if seed is not None else trial_seed(cfg.search.seed, t.number)
 
 
 def trial_config(

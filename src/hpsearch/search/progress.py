@@ -18,7 +18,7 @@ from hpsearch.storage.state import (
     FAIL_REASON_ATTR,
     LATENCY_MS_ATTR,
     PRUNED_REASON_ATTR,
-    TARGET_ATTR,
+    target,
 )
 
 if TYPE_CHECKING:  # no torch import: hpsearch status uses the estimates below
@@ -163,8 +163,8 @@ class Progress:
         trials = study.get_trials(deepcopy=False)
         finished = [x for x in trials if x.state in FINISHED]
         self.done = len(finished) - self.offset
-        goal = study.user_attrs.get(TARGET_ATTR)
-        if isinstance(goal, int) and goal - self.offset > 0:
+        goal = target(study)
+        if goal is not None and goal - self.offset > 0:
             self.total = goal - self.offset  # another run added to the study's target
         self.seed_best(study)
         per_trial = mean_trial_seconds(trials)

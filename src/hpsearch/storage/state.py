@@ -83,8 +83,44 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 def target(study: optuna.Study) -> int | None:
     """The study's target of finished trials, or None when no hpsearch run set one."""
-    value = study.user_attrs.get(TARGET_ATTR)
+    value = study_attr(study, TARGET_ATTR, int)
     return int(value) if value is not None else None
+
+
+_KINDS = {int: "a whole number", str: "text", dict: "a mapping", list: "a list", float: "a number"}
+
+
+def _checked(value: Any, kind: type | tuple[type, ...], whose: str, key: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+        return value
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    expected = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
+    raise StorageError(
+        f"{whose} user attribute {key!r} is {value!r}, not {expected}; hpsearch writes it, so "
+        "it was set by hand or by another tool (fix or remove it)"
+    )
+
+
+def study_attr(study: optuna.Study, key: str, kind: type | tuple[type, ...]) -> Any:
+    """The study's user attribute ``key`` (None when absent), checked to be of ``kind``: a
+    plain-Optuna study may hold anything under a name hpsearch reads. Else a one-line
+    StorageError naming the attribute."""
+    value = study.user_attrs.get(key)
+    return _checked(value, kind, f"study {study.study_name!r}:", key)
+
+
+def trial_attr(
+    trial: FrozenTrial,
+    key: str,
+    kind: type | tuple[type, ...],
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Trial ``trial``'s user attribute ``key`` (from ``attrs`` when given, e.g. a fresh read
+    of the database; None when absent), checked as :func:`study_attr` does."""
+    value = (trial.user_attrs if attrs is None else attrs).get(key)
+    return _checked(value, kind, f"trial {trial.number}'s", key)
 
 
 def finished_count(study: optuna.Study) -> int:
