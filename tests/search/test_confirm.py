@@ -200,6 +200,50 @@ def test_confirm_resumes_after_ctrl_c(fresh: Path) -> None:
     one_line_error(r, "has confirm runs with another setup (epochs 4 then, 2 now)")
 
 
+def test_a_stopped_confirm_keeps_the_recorded_winners_checkpoint(fresh: Path) -> None:
+    """Confirm once (winner file A), then confirm with more seeds and kill it after a better
+    run replaced A as its trial's kept model: A must stay until the next winner is recorded, so
+    that --confirmed keeps working (it was deleted, and serve/export/predict --confirmed
+    failed), and be removed once the new winner is recorded."""
+    from hpsearch.storage.state import write_attrs
+
+    assert hpsearch(argv("confirm --study smoke --top 1 --seeds 1"), fresh).returncode == 0
+    study = study_of(fresh)
+    c = study.user_attrs["confirmed"]
+    store = fresh / "hpsearch-artifacts"
+    a_file = store / c["checkpoint"]
+    assert a_file.is_file()
+    # make any new run better than the kept one, so that the next run replaces A
+    t = study.trials[c["trial"]]
+    runs = [{**x, "val_accuracy": 0.0} for x in t.user_attrs["confirm_runs"]]
+    write_attrs(study, t, {"confirm_runs": runs})
+
+    proc = popen(argv("confirm --study smoke --top 1 --seeds 3"), fresh)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "run 3 (seed" in line and "epoch 1/" in line:
+            break  # run 2 finished and was kept in A's place; the winner is not yet recorded
+    proc.kill()
+    assert "run 3 (seed" in seen[-1], "".join(seen)
+    proc.wait(timeout=30)
+    study = study_of(fresh)
+    assert study.trials[c["trial"]].user_attrs["confirm_checkpoint"] != c["checkpoint"]
+    assert study.user_attrs["confirmed"]["checkpoint"] == c["checkpoint"]
+    assert a_file.is_file()  # the recorded winner's file is still there
+    r = hpsearch(argv("best --study smoke --confirmed"), fresh)
+    assert r.returncode == 0 and str(a_file) in r.stdout, r.stdout + r.stderr
+    r = hpsearch(argv("export --study smoke --confirmed --format torchscript --output m.pt"), fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    r = hpsearch(argv("confirm --study smoke --top 1 --seeds 3"), fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = study_of(fresh).user_attrs["confirmed"]["checkpoint"]
+    assert new != c["checkpoint"] and (store / new).is_file()
+    assert not a_file.exists()  # removed once the new winner was recorded: nothing leaks
+
+
 def test_confirm_with_two_workers(fresh: Path) -> None:
     r = hpsearch(argv("confirm --study smoke --top 2 --seeds 2 --workers 2"), fresh)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -44,6 +44,7 @@ from hpsearch.search.confirm_jobs import (
     plan,
     trial_config,
 )
+from hpsearch.storage.checkpoint import remove_artifact
 from hpsearch.storage.state import (
     CONFIG_ATTR,
     CONFIRM_CHECKPOINT,
@@ -56,7 +57,9 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
+    fresh_trials,
     read_attrs,
+    winner_checkpoint,
 )
 
 # --- one run -----------------------------------------------------------------------------------
@@ -123,7 +126,12 @@ def pick_winner(rows: Sequence[Row]) -> Row | None:
     return max(scored, key=lambda x: (x[0], x[1]))[2]
 
 
-def record_winner(study: optuna.Study, winner: Row, top: int, seeds: int) -> dict[str, Any]:
+def record_winner(
+    study: optuna.Study, winner: Row, top: int, seeds: int, store: Path
+) -> dict[str, Any]:
+    """Record ``winner`` as the study's confirmed trial; the previous winner's checkpoint, which
+    the runs kept until now, is removed once no trial keeps it."""
+    before = winner_checkpoint(study)
     a = winner.attrs
     kept: dict[str, Any] = next((r for r in a.get(CONFIRM_RUNS) or [] if r.get("kept")), {})
     doc = {
@@ -142,6 +150,10 @@ def record_winner(study: optuna.Study, winner: Row, top: int, seeds: int) -> dic
         "seeds": seeds,
     }
     study.set_user_attr(CONFIRMED_ATTR, doc)
+    if before is not None and before != doc["checkpoint"]:
+        in_use = {t.user_attrs.get(CONFIRM_CHECKPOINT) for t in fresh_trials(study)}
+        if before not in in_use:
+            remove_artifact(store, before)
     return doc
 
 
@@ -295,7 +307,7 @@ def cmd_confirm(args: Any) -> int:
         )
     if winner is None:
         raise HpsearchError("every confirm run diverged: no trial is confirmed")
-    doc = record_winner(study, winner, len(top), args.seeds)
+    doc = record_winner(study, winner, len(top), args.seeds, store)
     test_text = ""
     if doc["test_accuracy_mean"] is not None:
         of_n = "" if doc["test_n"] == doc["n"] else f" over {doc['test_n']} of {doc['n']} runs"

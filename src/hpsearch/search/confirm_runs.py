@@ -37,6 +37,7 @@ from hpsearch.storage.state import (
     CONFIRM_CHECKPOINT,
     CONFIRM_RUNS,
     read_attrs,
+    winner_checkpoint,
     write_attrs,
 )
 
@@ -190,5 +191,7 @@ class Worker:
                 else:
                     drop = artifact
                 write_attrs(self.study, t, attrs)
-        if drop is not None:
+        if drop is not None and drop != winner_checkpoint(self.study):
+            # the recorded winner's file stays until confirm records the next winner: a
+            # confirm stopped between the two must leave serve/export --confirmed working
             remove_artifact(self.store, drop)

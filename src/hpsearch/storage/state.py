@@ -123,6 +123,13 @@ def trial_attr(
     return _checked(value, kind, f"trial {trial.number}'s", key)
 
 
+def winner_checkpoint(study: optuna.Study) -> str | None:
+    """The artifact id of the confirmed winner's checkpoint that ``confirm`` recorded, or None."""
+    confirmed = study_attr(study, CONFIRMED_ATTR, dict) or {}
+    artifact = confirmed.get("checkpoint")
+    return artifact if isinstance(artifact, str) else None
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
