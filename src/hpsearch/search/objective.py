@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import re
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -64,14 +65,44 @@ class TrialOutOfMemory(Exception):
     """A trial ran out of GPU or host memory; it fails and the search carries on."""
 
 
-def is_out_of_memory(e: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError for host memory."""
-    if isinstance(e, torch.OutOfMemoryError | MemoryError):
-        return True
+# What running out of memory looks like: (class, pattern searched in the message or None for
+# any, whose memory). The caching allocator raises OutOfMemoryError, but a card that neighbours
+# fill also fails CUDA's own allocations, each library's handle and workspace, with other errors.
+# torch.AcceleratorError (torch >= 2.8; a RuntimeError, as these were before) is what
+# C10_CUDA_CHECK raises, with "CUDA error: <cudaGetErrorString>" and hints on the next lines.
+OUT_OF_MEMORY: tuple[tuple[type[BaseException], str | None, str], ...] = (
+    (torch.OutOfMemoryError, None, "GPU"),  # "CUDA out of memory. Tried to allocate 2.00 GiB..."
+    (MemoryError, None, "host"),
+    (RuntimeError, r"CUDA error: out of memory", "GPU"),  # cudaErrorMemoryAllocation
+    (RuntimeError, r"CUDA driver error: out of memory", "GPU"),  # CUDA_ERROR_OUT_OF_MEMORY
+    (RuntimeError, r"CUDA ran out of memory outside PyTorch's allocator", "GPU"),
+    (RuntimeError, r"CUBLAS_STATUS_ALLOC_FAILED", "GPU"),
+    # cublasCreate fails so on a full card (the handle's workspace cannot be had)
+    (RuntimeError, r"CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate", "GPU"),
+    (RuntimeError, r"CUDNN_STATUS_ALLOC_FAILED", "GPU"),  # cuDNN 8
+    (RuntimeError, r"CUDNN_STATUS_INTERNAL_ERROR(?![A-Z_])", "GPU"),  # cuDNN's failed workspace
+    (RuntimeError, r"CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED", "GPU"),  # cuDNN 9
+    (RuntimeError, r"CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED", "host"),
+    (RuntimeError, r"CUSOLVER_STATUS_ALLOC_FAILED", "GPU"),
+    (RuntimeError, r"CUFFT_ALLOC_FAILED", "GPU"),
+    (RuntimeError, r"can't allocate memory", "host"),  # DefaultCPUAllocator
+    (RuntimeError, r"not enough memory", "host"),  # the same on Windows
+)
+
+
+def out_of_memory_where(e: BaseException) -> str | None:
+    """``"GPU"`` or ``"host"`` when ``e`` says that memory ran out (see ``OUT_OF_MEMORY``),
+    else None."""
     text = str(e)
-    return isinstance(e, RuntimeError) and (
-        "can't allocate memory" in text or "not enough memory" in text
-    )
+    for cls, pattern, where in OUT_OF_MEMORY:
+        if isinstance(e, cls) and (pattern is None or re.search(pattern, text)):
+            return where
+    return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says that GPU or host memory ran out (see ``OUT_OF_MEMORY``)."""
+    return out_of_memory_where(e) is not None
 
 
 def free_memory(device: torch.device) -> None:
@@ -101,13 +132,13 @@ def fit_in_memory(
     """``fit``, with running out of GPU or host memory turned into :class:`TrialOutOfMemory`
     (its message: "out of GPU memory: <what torch said>") after the memory the failed training
     held is given back. NonFiniteLoss and every other error pass through."""
-    oom_reason = None
+    oom_reason = ""
     try:
         return fit(spec, data, on_epoch, eval_batch_size)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
+    except (MemoryError, RuntimeError) as e:  # torch's errors are RuntimeErrors
+        where = out_of_memory_where(e)
+        if where is None:
             raise
-        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
         oom_reason = f"out of {where} memory: {first_line(e)}"
     # Recover only here, after the except block: inside it the exception's traceback still
     # holds fit()'s frames (model, optimizer state, activations), so nothing would be freed
