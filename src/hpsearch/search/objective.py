@@ -57,6 +57,7 @@ from hpsearch.storage.state import (
     VAL_LOSS_ATTR,
     VERSIONS_ATTR,
     WORKER_ATTR,
+    record_on_trial,
 )
 from hpsearch.storage.urls import mask_secrets
 
@@ -248,17 +249,56 @@ def make_objective(
             trial.set_user_attr(FAIL_REASON_ATTR, f"{STOPPED_PREFIX}{type(e).__name__}")
             raise
 
+    def reporter(trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
+        """The per-epoch callback of one training of ``trial``: each epoch's value and
+        attributes in one database transaction, then the pruner's verdict."""
+        seen = 0.0
+        train_s = 0.0
+        epoch_s = 0.0
+        curve: list[float] = []  # with two objectives, Optuna keeps no intermediate values
+
+        def report(m: EpochMetrics) -> None:
+            nonlocal seen, train_s, epoch_s
+            seen += m.train_images_per_s * m.train_seconds
+            train_s += m.train_seconds
+            epoch_s += m.epoch_seconds
+            attrs: dict[str, Any] = {
+                EPOCHS_RUN_ATTR: m.epoch,
+                TRAIN_IMAGES_PER_S_ATTR: round(seen / train_s, 1),
+                EPOCH_SECONDS_ATTR: round(epoch_s / m.epoch, 3),
+                TRAIN_LOSS_ATTR: m.train_loss,
+                VAL_LOSS_ATTR: m.val_loss,
+            }
+            if two_objectives:
+                curve.append(m.val_accuracy)
+                record_on_trial(trial, {VAL_ACCURACY_BY_EPOCH_ATTR: list(curve), **attrs})
+            else:
+                record_on_trial(trial, attrs, step=m.epoch, value=m.val_accuracy)
+            if on_epoch is not None:
+                on_epoch(trial, m)
+            raise_if_pending()  # a Ctrl-C that landed in one of the writes above
+            if not two_objectives and m.epoch < m.epochs and trial.should_prune():
+                reason = f"pruned by the {cfg.search.pruner.name} pruner after epoch {m.epoch}"
+                trial.set_user_attr(PRUNED_REASON_ATTR, reason)
+                raise optuna.TrialPruned(reason)
+
+        return report
+
     def run(trial: optuna.Trial) -> float | tuple[float, float]:
         spec = derive_spec(cfg, trial_source(trial), trial.number, trial.user_attrs)
         seed = spec.seed
         n_params = param_count(spec.arch, len(data.classes), data.image_size)
         activations = activation_count(spec.arch, data.image_size)
-        trial.set_user_attr(SEED_ATTR, seed)
-        trial.set_user_attr(N_PARAMS_ATTR, n_params)
-        trial.set_user_attr(BATCH_SIZE_ATTR, spec.batch_size)
-        trial.set_user_attr(ACTIVATIONS_ATTR, activations)
-        for k, v in static_attrs.items():
-            trial.set_user_attr(k, v)
+        record_on_trial(
+            trial,
+            {
+                SEED_ATTR: seed,
+                N_PARAMS_ATTR: n_params,
+                BATCH_SIZE_ATTR: spec.batch_size,
+                ACTIVATIONS_ATTR: activations,
+                **static_attrs,
+            },
+        )
         limits = cfg.search.constraints
         if limits.max_params is not None:
             # recorded with Optuna's constraint support, so the sampler learns to avoid the
@@ -288,42 +328,13 @@ def make_objective(
             )
             trial.set_user_attr(PRUNED_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)
-        seen = 0.0
-        train_s = 0.0
-        epoch_s = 0.0
-        curve: list[float] = []  # with two objectives, Optuna keeps no intermediate values
-
-        def report(m: EpochMetrics) -> None:
-            nonlocal seen, train_s, epoch_s
-            seen += m.train_images_per_s * m.train_seconds
-            train_s += m.train_seconds
-            epoch_s += m.epoch_seconds
-            if two_objectives:
-                curve.append(m.val_accuracy)
-                trial.set_user_attr(VAL_ACCURACY_BY_EPOCH_ATTR, curve)
-            else:
-                trial.report(m.val_accuracy, m.epoch)
-            trial.set_user_attr(EPOCHS_RUN_ATTR, m.epoch)
-            trial.set_user_attr(TRAIN_IMAGES_PER_S_ATTR, round(seen / train_s, 1))
-            trial.set_user_attr(EPOCH_SECONDS_ATTR, round(epoch_s / m.epoch, 3))
-            trial.set_user_attr(TRAIN_LOSS_ATTR, m.train_loss)
-            trial.set_user_attr(VAL_LOSS_ATTR, m.val_loss)
-            if on_epoch is not None:
-                on_epoch(trial, m)
-            raise_if_pending()  # a Ctrl-C that landed in one of the writes above
-            if not two_objectives and m.epoch < m.epochs and trial.should_prune():
-                reason = f"pruned by the {cfg.search.pruner.name} pruner after epoch {m.epoch}"
-                trial.set_user_attr(PRUNED_REASON_ATTR, reason)
-                raise optuna.TrialPruned(reason)
-
         try:
-            result = fit_in_memory(spec, data, report, cfg.train.eval_batch_size)
+            result = fit_in_memory(spec, data, reporter(trial), cfg.train.eval_batch_size)
         except NonFiniteLoss as e:
             trial.set_user_attr(PRUNED_REASON_ATTR, str(e))
             raise optuna.TrialPruned(str(e)) from None
         except TrialOutOfMemory as e:
-            trial.set_user_attr(OOM_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, str(e))
+            record_on_trial(trial, {OOM_ATTR: True, FAIL_REASON_ATTR: str(e)})
             raise
         feasible = True
         ms = None

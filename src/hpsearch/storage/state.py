@@ -1,6 +1,7 @@
 """The study's data contract: the attributes hpsearch records on trials and on the study, and
-the queries of the study's state (its target, its trials as the database has them, counts), and
-the user attributes of finished trials read and written in the database (confirm's runs).
+the queries of the study's state (its target, its trials as the database has them, counts), the
+user attributes of finished trials read and written in the database (confirm's runs), and a running
+trial's epoch recorded in one transaction.
 
 The docs, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
 these attributes by name, so they are named once, here; a renamed constant changes what every
@@ -163,3 +164,38 @@ def write_attrs(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any
         optuna_private.write_trial_user_attrs(_engine(study), optuna_private.trial_id(trial), attrs)
 
     retrying(write, "recording a confirm run")
+
+
+# --- a running trial's records, in one transaction -------------------------------------------
+
+
+def record_on_trial(
+    trial: optuna.Trial,
+    attrs: Mapping[str, Any],
+    step: int | None = None,
+    value: float | None = None,
+) -> None:
+    """Set user attributes of the running ``trial`` and, with ``step``, report ``value`` there
+    (replacing a value already reported at that step, unlike ``Trial.report``), as
+    ``set_user_attr`` and ``report`` would. In an SQL storage that is one transaction (one commit,
+    retried like every storage call when the connection drops) instead of one per call; any other
+    storage gets the calls one by one."""
+    if step is not None:
+        if value is None:
+            raise ValueError(f"step {step} needs a value to report")
+        step, value = int(step), float(value)
+    trial_id = optuna_private.running_trial_id(trial)
+    backend = optuna_private.backend(trial.storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        rdb = backend
+
+        def write() -> None:
+            optuna_private.write_running_trial(rdb, trial_id, attrs, step, value)
+
+        retrying(write, "recording a trial", url=rdb.url)
+    else:
+        if step is not None and value is not None:
+            trial.storage.set_trial_intermediate_value(trial_id, step, value)
+        for key, v in attrs.items():
+            trial.storage.set_trial_user_attr(trial_id, key, v)
+    optuna_private.remember_on_trial(trial, attrs, step, value)
