@@ -73,6 +73,7 @@ _MODULE_NAMES = (
     ("optuna.storages._rdb.models", "TrialModel"),
     ("optuna.storages._rdb.models", "TrialUserAttributeModel"),
     ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
+    ("optuna.storages._rdb.models", "TrialIntermediateValueModel"),
 )
 # Methods on classes: (class, name).
 _METHODS: tuple[tuple[type, str], ...] = (
@@ -110,6 +111,7 @@ def missing() -> list[str]:
         ("TrialModel", TRIALS_TABLE, _TRIAL_COLUMNS),
         ("TrialUserAttributeModel", TRIAL_USER_ATTRS_TABLE, _TRIAL_USER_ATTR_COLUMNS),
         ("TrialHeartbeatModel", None, _HEARTBEAT_COLUMNS),
+        ("TrialIntermediateValueModel", None, ("trial_id",)),
     )
     for model_name, table, columns in tables:
         model = getattr(models, model_name, None)
@@ -185,6 +187,12 @@ def remember_on_trial(
         cached.intermediate_values[step] = value
 
 
+def forget_on_trial(trial: optuna.Trial) -> None:
+    """Drop the intermediate values from the trial's own copy (see :func:`remember_on_trial`)."""
+    cached: FrozenTrial = trial._cached_frozen_trial
+    cached.intermediate_values.clear()
+
+
 def set_pop_waiting(study: optuna.Study, pop: Callable[[], int | None]) -> None:
     """Replace how ``study`` picks the next waiting trial (Optuna pops them in number order):
     ``pop`` marks one RUNNING and returns its trial id, or returns None."""
@@ -250,6 +258,13 @@ def write_running_trial(
             storage._set_trial_attr_without_commit(
                 session, _models.TrialUserAttributeModel, trial_id, key, v
             )
+
+
+def delete_intermediate_values(storage: RDBStorage, trial_id: int) -> None:
+    """Remove a trial's intermediate values, in one transaction."""
+    model: Any = _models.TrialIntermediateValueModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        session.query(model).filter(model.trial_id == trial_id).delete()
 
 
 # --- Optuna's tables, with SQL ---------------------------------------------------------------

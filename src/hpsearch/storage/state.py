@@ -44,6 +44,17 @@ LATENCY_DEVICE_ATTR = "latency_device"  # the device latency_ms was measured on
 PRUNED_REASON_ATTR = "pruned_reason"  # why a PRUNED trial was pruned
 FAIL_REASON_ATTR = "fail_reason"  # why a FAIL trial failed (see STOPPED_PREFIX)
 OOM_ATTR = "oom"  # True on a trial that ran out of GPU memory
+# On a trial that ran out of memory: each time it did, {"sharers": K (workers placed on its GPU,
+# 1 on a CPU), "alone": whether no other trial trained beside it, "free_bytes": free device
+# memory then (torch.cuda.mem_get_info), null on a CPU}
+OOM_EVENTS_ATTR = "oom_events"
+# On an oom trial: True when it ran out with its GPU to itself (K = 1, or retried alone); only
+# these predict that a trial no smaller runs out too. A trial recorded without it (hpsearch
+# before oom_events) counts as alone, as it did then.
+OOM_ALONE_ATTR = "oom_alone"
+# True on a trial that ran out of memory beside other trials and was trained again with the GPU
+# to itself (a COMPLETE trial with it needed the GPU alone)
+RETRIED_ALONE_ATTR = "retried_alone"
 STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
 # Marks of the trials a new study enqueues (see hpsearch.storage.study):
 BASELINE_ATTR = "baseline"  # the seed baseline: the search space's defaults
@@ -199,3 +210,20 @@ def record_on_trial(
         for key, v in attrs.items():
             trial.storage.set_trial_user_attr(trial_id, key, v)
     optuna_private.remember_on_trial(trial, attrs, step, value)
+
+
+def forget_intermediate_values(trial: optuna.Trial) -> None:
+    """Drop what the running ``trial`` reported (it trains again from its first epoch), so that
+    the pruner never sees a step the new attempt has not reached. Another storage than SQL keeps
+    the old values until the new attempt replaces them; the trial's own copy, which the pruner
+    reads, drops them either way."""
+    backend = optuna_private.backend(trial.storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        rdb = backend
+        trial_id = optuna_private.running_trial_id(trial)
+
+        def delete() -> None:
+            optuna_private.delete_intermediate_values(rdb, trial_id)
+
+        retrying(delete, "clearing a trial's reports", url=rdb.url)
+    optuna_private.forget_on_trial(trial)
