@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from importlib import metadata
 from pathlib import Path
 
@@ -214,3 +215,42 @@ def test_out_of_memory_is_predicted_only_for_trials_no_smaller_in_every_way() ->
     assert predicted_oom(trials, 5_000_000, 64, "cuda:H100", 10_000_000) is trials[0]
     assert predicted_oom(trials, 5_000_000, 32, "cuda:H100", 10_000_000) is None
     assert predicted_oom(trials, 5_000_000, 64, "cpu:x86_64 x2", 10_000_000) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_each_epoch_is_recorded_with_one_commit(
+    backend: str,
+    tmp_path: Path,
+    cfg: StudyConfig,
+    data: DeviceData,
+    request: pytest.FixtureRequest,
+) -> None:
+    """An epoch's intermediate value and its five attributes are one transaction, not six (with
+    no pruner and no heartbeat nothing else commits between two epochs' hooks)."""
+    import sqlalchemy as sa
+
+    url = (
+        f"sqlite:///{tmp_path / 'c.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    storage = open_storage(url)
+    study = optuna.create_study(
+        storage=storage, direction="maximize", pruner=optuna.pruners.NopPruner()
+    )
+    commits = 0
+
+    def count(conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    sa.event.listen(storage.engine, "commit", count)
+    at_epoch: list[int] = []
+    study.optimize(make_objective(cfg, data, lambda t, m: at_epoch.append(commits)), n_trials=1)
+    assert [b - a for a, b in itertools.pairwise(at_epoch)] == [1, 1]
+    (t,) = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+    a = t.user_attrs
+    assert a["epochs_run"] == 3 and a["train_images_per_s"] > 0 and a["epoch_seconds"] > 0
+    assert isinstance(a["train_loss"], float) and isinstance(a["val_loss"], float)
+    assert a["n_params"] > 0 and a["seed"] >= 0 and a["device"].startswith("cpu:")

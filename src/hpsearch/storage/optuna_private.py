@@ -2,10 +2,11 @@
 
 hpsearch reaches past Optuna's public API in a few places: the storage and id a study holds, the
 RDB storage behind Optuna's cache layer, the RDB storage's private methods (retried, and one
-overridden, by :mod:`hpsearch.storage.resilience`), Optuna's ``trials`` and
-``trial_user_attributes`` tables (read and written with SQL), the order in which a study pops
-waiting trials, the system attributes Optuna keeps on trials, and the name of the logger of
-``study.optimize``.
+overridden, by :mod:`hpsearch.storage.resilience`; those that write without committing, to
+record a trial's epoch in one transaction), Optuna's ``trials`` and ``trial_user_attributes``
+tables (read and written with SQL), a running trial's id and its in-process copy of what it
+recorded, the order in which a study pops waiting trials, the system attributes Optuna keeps on
+trials, and the name of the logger of ``study.optimize``.
 
 No other module of hpsearch names any of these (``tests/storage/test_optuna_private.py`` scans the
 sources). When an Optuna release renames or drops one, importing this module (and so hpsearch)
@@ -44,6 +45,12 @@ RDB_PRIVATE_METHODS = (
 )
 # The method through which both ``create_new_trial`` and the cache layer create a trial.
 _CREATE_NEW_TRIAL = "_create_new_trial"
+# RDBStorage's writes inside a caller's session (no commit of their own): what
+# set_trial_intermediate_value and set_trial_user_attr run, so that one transaction can hold both.
+_WITHOUT_COMMIT = (
+    "_set_trial_intermediate_value_without_commit",
+    "_set_trial_attr_without_commit",
+)
 
 TRIALS_TABLE = "trials"
 TRIAL_USER_ATTRS_TABLE = "trial_user_attributes"
@@ -57,6 +64,8 @@ _INSTANCE_ATTRS = (
     ("optuna.study", "Study", "_study_id"),
     ("optuna.trial", "FrozenTrial", "_trial_id"),
     ("optuna.storages._cached_storage", "_CachedStorage", "_backend"),
+    ("optuna.trial", "Trial", "_trial_id"),
+    ("optuna.trial", "Trial", "_cached_frozen_trial"),
 )
 # Module-level names: (module, name).
 _MODULE_NAMES = (
@@ -64,10 +73,11 @@ _MODULE_NAMES = (
     ("optuna.storages._rdb.models", "TrialModel"),
     ("optuna.storages._rdb.models", "TrialUserAttributeModel"),
     ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
+    ("optuna.storages._rdb.models", "TrialIntermediateValueModel"),
 )
 # Methods on classes: (class, name).
 _METHODS: tuple[tuple[type, str], ...] = (
-    *((RDBStorage, name) for name in (*RDB_PRIVATE_METHODS, _CREATE_NEW_TRIAL)),
+    *((RDBStorage, name) for name in (*RDB_PRIVATE_METHODS, _CREATE_NEW_TRIAL, *_WITHOUT_COMMIT)),
     (optuna.Study, "_pop_waiting_trial_id"),
 )
 
@@ -101,6 +111,7 @@ def missing() -> list[str]:
         ("TrialModel", TRIALS_TABLE, _TRIAL_COLUMNS),
         ("TrialUserAttributeModel", TRIAL_USER_ATTRS_TABLE, _TRIAL_USER_ATTR_COLUMNS),
         ("TrialHeartbeatModel", None, _HEARTBEAT_COLUMNS),
+        ("TrialIntermediateValueModel", None, ("trial_id",)),
     )
     for model_name, table, columns in tables:
         model = getattr(models, model_name, None)
@@ -160,6 +171,28 @@ def trial_id(trial: FrozenTrial) -> int:
     return int(trial._trial_id)
 
 
+def running_trial_id(trial: optuna.Trial) -> int:
+    """The id in its storage of a trial being run (not its number)."""
+    return int(trial._trial_id)
+
+
+def remember_on_trial(
+    trial: optuna.Trial, attrs: Mapping[str, Any], step: int | None, value: float | None
+) -> None:
+    """Put what was just written to the storage into the trial's own copy, as ``set_user_attr``
+    and ``report`` do: ``user_attrs`` and ``should_prune`` (the pruner) read that copy."""
+    cached: FrozenTrial = trial._cached_frozen_trial
+    cached.user_attrs.update(attrs)
+    if step is not None and value is not None:
+        cached.intermediate_values[step] = value
+
+
+def forget_on_trial(trial: optuna.Trial) -> None:
+    """Drop the intermediate values from the trial's own copy (see :func:`remember_on_trial`)."""
+    cached: FrozenTrial = trial._cached_frozen_trial
+    cached.intermediate_values.clear()
+
+
 def set_pop_waiting(study: optuna.Study, pop: Callable[[], int | None]) -> None:
     """Replace how ``study`` picks the next waiting trial (Optuna pops them in number order):
     ``pop`` marks one RUNNING and returns its trial id, or returns None."""
@@ -205,6 +238,33 @@ def add_missing_heartbeats(storage: RDBStorage, study_id: int) -> list[int]:
         for t in orphans:
             session.add(_models.TrialHeartbeatModel(trial_id=t.trial_id))
         return [int(t.number) for t in orphans]
+
+
+def write_running_trial(
+    storage: RDBStorage,
+    trial_id: int,
+    attrs: Mapping[str, Any],
+    step: int | None,
+    value: float | None,
+) -> None:
+    """The trial's intermediate value at ``step`` (replacing one already there) and its user
+    attributes ``attrs``, written as RDBStorage's own ``set_trial_intermediate_value`` and
+    ``set_trial_user_attr`` write them, but in one transaction: one commit. A finished trial is
+    refused as by those (UpdateFinishedTrialError) and nothing is written."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        if step is not None and value is not None:
+            storage._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+        for key, v in attrs.items():
+            storage._set_trial_attr_without_commit(
+                session, _models.TrialUserAttributeModel, trial_id, key, v
+            )
+
+
+def delete_intermediate_values(storage: RDBStorage, trial_id: int) -> None:
+    """Remove a trial's intermediate values, in one transaction."""
+    model: Any = _models.TrialIntermediateValueModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        session.query(model).filter(model.trial_id == trial_id).delete()
 
 
 # --- Optuna's tables, with SQL ---------------------------------------------------------------

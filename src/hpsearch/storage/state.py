@@ -1,6 +1,7 @@
 """The study's data contract: the attributes hpsearch records on trials and on the study, and
-the queries of the study's state (its target, its trials as the database has them, counts), and
-the user attributes of finished trials read and written in the database (confirm's runs).
+the queries of the study's state (its target, its trials as the database has them, counts), the
+user attributes of finished trials read and written in the database (confirm's runs), and a running
+trial's epoch recorded in one transaction.
 
 The docs, the dashboard, ``hpsearch trials --csv``, ``status``/``best`` and other tools read
 these attributes by name, so they are named once, here; a renamed constant changes what every
@@ -43,6 +44,17 @@ LATENCY_DEVICE_ATTR = "latency_device"  # the device latency_ms was measured on
 PRUNED_REASON_ATTR = "pruned_reason"  # why a PRUNED trial was pruned
 FAIL_REASON_ATTR = "fail_reason"  # why a FAIL trial failed (see STOPPED_PREFIX)
 OOM_ATTR = "oom"  # True on a trial that ran out of GPU memory
+# On a trial that ran out of memory: each time it did, {"sharers": K (workers placed on its GPU,
+# 1 on a CPU), "alone": whether no other trial trained beside it, "free_bytes": free device
+# memory then (torch.cuda.mem_get_info), null on a CPU}
+OOM_EVENTS_ATTR = "oom_events"
+# On an oom trial: True when it ran out with its GPU to itself (K = 1, or retried alone); only
+# these predict that a trial no smaller runs out too. A trial recorded without it (hpsearch
+# before oom_events) counts as alone, as it did then.
+OOM_ALONE_ATTR = "oom_alone"
+# True on a trial that ran out of memory beside other trials and was trained again with the GPU
+# to itself (a COMPLETE trial with it needed the GPU alone)
+RETRIED_ALONE_ATTR = "retried_alone"
 STOPPED_PREFIX = "stopped by "  # fail_reason of a trial stopped by Ctrl-C or SIGTERM
 # Marks of the trials a new study enqueues (see hpsearch.storage.study):
 BASELINE_ATTR = "baseline"  # the seed baseline: the search space's defaults
@@ -206,3 +218,55 @@ def write_attrs(study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any
         optuna_private.write_trial_user_attrs(_engine(study), optuna_private.trial_id(trial), attrs)
 
     retrying(write, "recording a confirm run")
+
+
+# --- a running trial's records, in one transaction -------------------------------------------
+
+
+def record_on_trial(
+    trial: optuna.Trial,
+    attrs: Mapping[str, Any],
+    step: int | None = None,
+    value: float | None = None,
+) -> None:
+    """Set user attributes of the running ``trial`` and, with ``step``, report ``value`` there
+    (replacing a value already reported at that step, unlike ``Trial.report``), as
+    ``set_user_attr`` and ``report`` would. In an SQL storage that is one transaction (one commit,
+    retried like every storage call when the connection drops) instead of one per call; any other
+    storage gets the calls one by one."""
+    if step is not None:
+        if value is None:
+            raise ValueError(f"step {step} needs a value to report")
+        step, value = int(step), float(value)
+    trial_id = optuna_private.running_trial_id(trial)
+    backend = optuna_private.backend(trial.storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        rdb = backend
+
+        def write() -> None:
+            optuna_private.write_running_trial(rdb, trial_id, attrs, step, value)
+
+        retrying(write, "recording a trial", url=rdb.url)
+    else:
+        if step is not None and value is not None:
+            trial.storage.set_trial_intermediate_value(trial_id, step, value)
+        for key, v in attrs.items():
+            trial.storage.set_trial_user_attr(trial_id, key, v)
+    optuna_private.remember_on_trial(trial, attrs, step, value)
+
+
+def forget_intermediate_values(trial: optuna.Trial) -> None:
+    """Drop what the running ``trial`` reported (it trains again from its first epoch), so that
+    the pruner never sees a step the new attempt has not reached. Another storage than SQL keeps
+    the old values until the new attempt replaces them; the trial's own copy, which the pruner
+    reads, drops them either way."""
+    backend = optuna_private.backend(trial.storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        rdb = backend
+        trial_id = optuna_private.running_trial_id(trial)
+
+        def delete() -> None:
+            optuna_private.delete_intermediate_values(rdb, trial_id)
+
+        retrying(delete, "clearing a trial's reports", url=rdb.url)
+    optuna_private.forget_on_trial(trial)
