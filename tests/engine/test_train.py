@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
-from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, Normalizer, fit, random_resized_crop
+from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, random_resized_crop
 
 
 @pytest.fixture(scope="module")

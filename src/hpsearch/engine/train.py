@@ -3,12 +3,12 @@
 ``fit`` calls ``on_epoch`` after every epoch; the caller stops training by raising from it (the
 objective raises ``optuna.TrialPruned``). Batches are drawn by index from the uint8 tensors held
 on the device; augmentation (random resized crop, flip) and normalisation run batched there.
-The loop synchronises with the device once per epoch, not per step.
+Validation is ``infer.logits``, the inference path of predict, evaluate and serve. The loop
+synchronises with the device once per epoch, not per step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -20,12 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpsearch.engine.data import DeviceData
+from hpsearch.engine.infer import Normalizer, autocast, logits
 from hpsearch.engine.model import build_model, count_params
 from hpsearch.engine.runtime import tune_host
 from hpsearch.engine.spec import OptimSpec, TrialSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -75,20 +73,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class Normalizer:
-    """uint8 NHWC batch -> normalised float NCHW (channels_last strides), in one fused op."""
-
-    def __init__(self, device: torch.device) -> None:
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.permute(0, 3, 1, 2).float()  # (B, 3, S, S), channels_last in memory
-        return torch.addcmul(self.shift, x, self.scale)
 
 
 def random_resized_crop(
@@ -153,35 +137,22 @@ def make_scheduler(
     return torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_step, gamma=o.lr_decay_gamma)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, norm: Normalizer
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) over a uint8 NHWC split, without augmentation."""
-    model.eval()
-    dev = images.device
-    loss_sum = torch.zeros((), device=dev)
-    correct = torch.zeros((), device=dev, dtype=torch.int64)
-    for i in range(0, len(labels), batch_size):
-        x = norm(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
-        y = labels[i : i + batch_size]
-        with _autocast(dev):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+    """(mean loss, accuracy) over a uint8 NHWC split, without augmentation: the logits of
+    ``infer.logits``, the path ``hpsearch evaluate``, ``predict`` and ``serve`` take."""
+    out = logits(model, images, images.device, batch_size)
     n = max(len(labels), 1)
-    return loss_sum.item() / n, correct.item() / n
+    with torch.no_grad():
+        loss = F.cross_entropy(out, labels, reduction="sum").item() / n
+        correct = int((out.argmax(1) == labels).sum().item()) if len(labels) else 0
+    return loss, correct / n
 
 
 def fit(
@@ -228,7 +199,7 @@ def fit(
                 x = random_resized_crop(x, spec.crop_scale, spec.flip, gen)
             x = x.contiguous(memory_format=torch.channels_last)
             y = data.train_labels[idx]
-            with _autocast(dev):
+            with autocast(dev):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -240,7 +211,7 @@ def fit(
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(epoch, train_loss)
-        val_loss, val_acc = evaluate(model, data.val_images, data.val_labels, eval_batch_size, norm)
+        val_loss, val_acc = evaluate(model, data.val_images, data.val_labels, eval_batch_size)
         _sync(dev)
         sched.step()
         m = EpochMetrics(
