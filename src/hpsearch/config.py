@@ -60,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
+    deterministic: bool = False  # exact re-runs on CUDA too (engine.determinism)
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,12 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         val_max_per_class=_int(d, "val_max_per_class", "data.val_max_per_class", None, 1),
     )
 
-    t = _section(doc, "train", "", ("epochs", "device", "eval_batch_size", "crop_scale", "flip"))
+    t = _section(
+        doc,
+        "train",
+        "",
+        ("epochs", "device", "eval_batch_size", "crop_scale", "flip", "deterministic"),
+    )
     device = t.get("device", "auto")
     if not isinstance(device, str) or not DEVICES.match(device):
         raise _Invalid("train.device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
@@ -369,6 +375,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         eval_batch_size=_req_int(t, "eval_batch_size", "train.eval_batch_size", 500, 1),
         crop_scale=(float(crop[0]), float(crop[1])),
         flip=_bool(t, "flip", "train.flip", True),
+        deterministic=_bool(t, "deterministic", "train.deterministic", False),
     )
 
     s = _section(
@@ -443,6 +450,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             "eval_batch_size": train.eval_batch_size,
             "crop_scale": list(train.crop_scale),
             "flip": train.flip,
+            "deterministic": train.deterministic,
         },
         "search": dict(s),
     }

@@ -1,15 +1,23 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from hpsearch.engine import determinism
 from hpsearch.engine.data import DeviceData, load_data
 from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
-from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, random_resized_crop
+from hpsearch.engine.train import (
+    EpochMetrics,
+    FitResult,
+    NonFiniteLoss,
+    fit,
+    random_resized_crop,
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +149,52 @@ def test_augmentation_shapes_and_identity(data: DeviceData) -> None:
         assert torch.allclose(a, b, atol=1e-4) or torch.allclose(a, b.flip(-1), atol=1e-4)
     cropped = random_resized_crop(x, (0.3, 0.5), True, g)
     assert cropped.shape == x.shape and not torch.allclose(cropped, x)
+
+
+def numbers(r: FitResult) -> list[tuple[float, ...]]:
+    """What a fit learned, epoch by epoch (not how long it took)."""
+    return [(m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.lr) for m in r.history]
+
+
+@pytest.fixture
+def no_cublas_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(determinism.CUBLAS_VARIABLE, raising=False)
+
+
+def test_deterministic_sets_the_flags_during_fit_and_repeats_exactly(
+    data: DeviceData, no_cublas_setting: None
+) -> None:
+    """train.deterministic: deterministic algorithms on and cuDNN benchmark off while fit runs,
+    cuBLAS's workspace set for the process; both flags as they were afterwards; a re-run gives
+    the same numbers to the last digit."""
+    seen: list[tuple[bool, bool, str | None]] = []
+
+    def flags(m: EpochMetrics) -> None:
+        seen.append(
+            (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.backends.cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            )
+        )
+
+    s = spec(epochs=2, deterministic=True)
+    first = fit(s, data, flags)
+    assert seen == [(True, False, ":4096:8")] * 2
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # the process keeps it
+    assert numbers(fit(s, data)) == numbers(first)
+    seen.clear()
+    fit(spec(epochs=1), data, flags)
+    assert seen == [(False, False, ":4096:8")]  # on the CPU benchmark mode stays off
+
+
+def test_before_cuda_sets_the_variable_only_when_deterministic(no_cublas_setting: None) -> None:
+    determinism.before_cuda(False)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # the other deterministic value: kept
+    determinism.before_cuda(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    determinism.before_cuda(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -56,6 +56,8 @@ class TrialSpec:
     seed: int
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
+    # how it runs, not what it learns (train.deterministic): see engine.determinism
+    deterministic: bool = False  # repeat exactly on CUDA too, at some speed cost
 
 
 @dataclass(frozen=True)

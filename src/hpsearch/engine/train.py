@@ -3,8 +3,9 @@
 ``fit`` calls ``on_epoch`` after every epoch; the caller stops training by raising from it (the
 objective raises ``optuna.TrialPruned``). Batches are drawn by index from the uint8 tensors held
 on the device; augmentation (random resized crop, flip) and normalisation run batched there.
-Validation is ``infer.logits``, the inference path of predict, evaluate and serve. The loop
-synchronises with the device once per epoch, not per step.
+Validation is ``infer.logits``, the inference path of predict, evaluate and serve;
+``train.deterministic`` is ``determinism``. The loop synchronises with the device once per
+epoch, not per step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpsearch.engine import determinism
 from hpsearch.engine.data import DeviceData
 from hpsearch.engine.infer import Normalizer, autocast, logits
 from hpsearch.engine.model import build_model, count_params
@@ -163,16 +165,28 @@ def fit(
 ) -> FitResult:
     """Train ``spec`` on ``data`` for ``spec.epochs`` epochs, validating after each.
 
+    With ``spec.deterministic`` the run repeats its numbers exactly on CUDA too (see
+    ``determinism``).
+
     Raises:
         NonFiniteLoss: the training loss of an epoch was NaN or infinite.
     """
     dev = data.device
     tune_host()
+    with determinism.mode(spec.deterministic, dev):
+        return _fit(spec, data, on_epoch, eval_batch_size)
+
+
+def _fit(
+    spec: TrialSpec,
+    data: DeviceData,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    eval_batch_size: int,
+) -> FitResult:
+    dev = data.device
     torch.manual_seed(spec.seed)
     gen = torch.Generator(device=dev)
     gen.manual_seed(spec.seed)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
     model = build_model(spec.arch, len(data.classes), data.image_size)
     model = model.to(dev).to(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.determinism import before_cuda
 from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit, resolve_device
 from hpsearch.errors import ConfigError, HpsearchError, first_line
@@ -65,6 +66,7 @@ class Worker:
         self.run_seconds: list[float] = []
 
     def _data(self, cfg: StudyConfig) -> DeviceData:
+        before_cuda(cfg.train.deterministic)  # before the data goes to the GPU
         device = resolve_device(cfg.train.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"train.device: {cfg.train.device} requested but no CUDA device")

@@ -141,6 +141,9 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
     check_before_opening(cfg, url, name)  # before the slow work below, and before any write
+    from hpsearch.engine.determinism import before_cuda
+
+    before_cuda(cfg.train.deterministic)  # before CUDA starts here or in a process started below
     from hpsearch.engine.data import load_data  # torch: imported once the checks have passed
     from hpsearch.search.launcher import launch, plan_slots
 
@@ -375,11 +378,15 @@ def _summary(
 
 
 def device_for(cfg: StudyConfig) -> torch.device:
-    """The study's ``train.device``, resolved; a CUDA device that is not there is a ConfigError."""
+    """The study's ``train.device``, resolved; a CUDA device that is not there is a ConfigError.
+    Called before the process's first CUDA work, so it also readies ``train.deterministic``'s
+    cuBLAS setting (``engine.determinism.before_cuda``)."""
     import torch
 
+    from hpsearch.engine.determinism import before_cuda
     from hpsearch.engine.train import resolve_device
 
+    before_cuda(cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
