@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hpsearch.engine import determinism
+from hpsearch.engine.augment import random_resized_crop
 from hpsearch.engine.data import DeviceData, load_data
 from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
@@ -16,7 +17,6 @@ from hpsearch.engine.train import (
     FitResult,
     NonFiniteLoss,
     fit,
-    random_resized_crop,
 )
 
 

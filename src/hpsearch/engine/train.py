@@ -2,7 +2,8 @@
 
 ``fit`` calls ``on_epoch`` after every epoch; the caller stops training by raising from it (the
 objective raises ``optuna.TrialPruned``). Batches are drawn by index from the uint8 tensors held
-on the device; augmentation (random resized crop, flip) and normalisation run batched there.
+on the device; augmentation (random resized crop, flip) and normalisation run batched there, the
+crops of a whole epoch drawn at its start (``augment``).
 Validation is ``infer.logits``, the inference path of predict, evaluate and serve;
 ``train.deterministic`` is ``determinism``. The loop synchronises with the device once per
 epoch, not per step.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpsearch.engine import determinism
+from hpsearch.engine.augment import crop_thetas, resample
 from hpsearch.engine.data import DeviceData
 from hpsearch.engine.infer import Normalizer, autocast, logits
 from hpsearch.engine.model import build_model, count_params
@@ -75,36 +77,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def random_resized_crop(
-    x: torch.Tensor,
-    scale: tuple[float, float],
-    flip: bool,
-    gen: torch.Generator,
-) -> torch.Tensor:
-    """Batched RandomResizedCrop + horizontal flip as one affine resample.
-
-    Each image gets a crop covering ``scale`` of its area with aspect ratio in [3/4, 4/3], at a
-    random position, resized back to the full size; half the crops are mirrored.
-    x: (B, C, S, S) float -> (B, C, S, S) float.
-    """
-    b = x.shape[0]
-    dev = x.device
-    u = torch.rand(b, 5, device=dev, generator=gen)  # area, ratio, cx, cy, flip
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    log_ratio = (u[:, 1] * 2 - 1) * math.log(4 / 3)
-    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # fraction of the width
-    h = (area / w).clamp(max=1.0)  # keep the sampled area when one side hits the border
-    w = (area / h).clamp(max=1.0)
-    cx = (u[:, 2] * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates, inside the image
-    cy = (u[:, 3] * 2 - 1) * (1 - h)
-    sx = torch.where(u[:, 4] < 0.5, -w, w) if flip else w
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def make_optimizer(
@@ -204,13 +176,14 @@ def _fit(
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=dev, generator=gen)
+        thetas = crop_thetas(steps * bs, spec.crop_scale, spec.flip, gen, dev) if augment else None
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
             x = norm(data.train_images[idx])
-            if augment:
-                x = random_resized_crop(x, spec.crop_scale, spec.flip, gen)
+            if thetas is not None:
+                x = resample(x, thetas[i * bs : (i + 1) * bs])
             x = x.contiguous(memory_format=torch.channels_last)
             y = data.train_labels[idx]
             with autocast(dev):
