@@ -249,26 +249,29 @@ def test_a_kernel_range_draws_odd_sizes_only() -> None:
     assert cfg.search.grid == {"kernel_size_b2": (3, 5)}
 
 
-def test_deterministic_is_a_train_option_off_by_default() -> None:
-    """train.deterministic: validated like the other train booleans, recorded in the resolved
-    config, passed to the trial's spec; a config recorded before it existed (a trial's
-    ``config`` attribute, a checkpoint) still loads, with it off."""
+def test_deterministic_and_cuda_graphs_are_train_options_off_by_default() -> None:
+    """train.deterministic and train.cuda_graphs: validated like the other train booleans,
+    recorded in the resolved config, passed to the trial's spec; a config recorded before they
+    existed (a trial's ``config`` attribute, a checkpoint) still loads, with both off."""
     from hpsearch.config import config_from_dict
     from hpsearch.space import Recorder, baseline_value, sample_values, to_trial_spec
 
     default = load_study("smoke")
-    assert not default.train.deterministic
-    on = load_study("smoke", [parse_set("train.deterministic=true")])
-    assert on.train.deterministic
+    assert not default.train.deterministic and not default.train.cuda_graphs
+    on = load_study(
+        "smoke", [parse_set("train.deterministic=true"), parse_set("train.cuda_graphs=yes")]
+    )
+    assert on.train.deterministic and on.train.cuda_graphs
     assert on.to_dict()["train"]["deterministic"] is True
+    assert on.to_dict()["train"]["cuda_graphs"] is True
     assert config_from_dict(on.to_dict(), "here").train == on.train
     spec = to_trial_spec(sample_values(on.search, Recorder(baseline_value)), on, 0)
-    assert spec.deterministic
+    assert spec.deterministic and spec.cuda_graphs
     old = default.to_dict()
-    del old["train"]["deterministic"]
+    for key in ("deterministic", "cuda_graphs"):
+        del old["train"][key]
     assert config_from_dict(old, "an old trial").train == default.train
-    with pytest.raises(ConfigError) as e:
-        load_study("smoke", [parse_set("train.deterministic=1")])
-    assert str(e.value) == (
-        "--set train.deterministic: train.deterministic: expected true or false, got int 1"
-    )
+    for key in ("deterministic", "cuda_graphs"):
+        with pytest.raises(ConfigError) as e:
+            load_study("smoke", [parse_set(f"train.{key}=1")])
+        assert str(e.value) == f"--set train.{key}: train.{key}: expected true or false, got int 1"

@@ -61,6 +61,7 @@ class TrainConfig:
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
     deterministic: bool = False  # exact re-runs on CUDA too (engine.determinism)
+    cuda_graphs: bool = False  # the training step replayed from a CUDA graph (engine.graphs)
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,15 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         doc,
         "train",
         "",
-        ("epochs", "device", "eval_batch_size", "crop_scale", "flip", "deterministic"),
+        (
+            "epochs",
+            "device",
+            "eval_batch_size",
+            "crop_scale",
+            "flip",
+            "deterministic",
+            "cuda_graphs",
+        ),
     )
     device = t.get("device", "auto")
     if not isinstance(device, str) or not DEVICES.match(device):
@@ -376,6 +385,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         crop_scale=(float(crop[0]), float(crop[1])),
         flip=_bool(t, "flip", "train.flip", True),
         deterministic=_bool(t, "deterministic", "train.deterministic", False),
+        cuda_graphs=_bool(t, "cuda_graphs", "train.cuda_graphs", False),
     )
 
     s = _section(
@@ -451,6 +461,7 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             "crop_scale": list(train.crop_scale),
             "flip": train.flip,
             "deterministic": train.deterministic,
+            "cuda_graphs": train.cuda_graphs,
         },
         "search": dict(s),
     }

@@ -279,6 +279,8 @@ class _TrainConfig(Protocol):
     def flip(self) -> bool: ...
     @property
     def deterministic(self) -> bool: ...
+    @property
+    def cuda_graphs(self) -> bool: ...
 
 
 class StudyConfig(Protocol):
@@ -340,7 +342,7 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
 def to_trial_spec(values: Mapping[str, Any], cfg: StudyConfig, seed: int) -> TrialSpec:
     """Build the plain spec ``fit`` takes from resolved family values and the study config."""
     spec = _trial_spec(values, cfg.train.epochs, seed, cfg.train.crop_scale, cfg.train.flip)
-    return replace(spec, deterministic=cfg.train.deterministic)
+    return replace(spec, deterministic=cfg.train.deterministic, cuda_graphs=cfg.train.cuda_graphs)
 
 
 def seed_spec(

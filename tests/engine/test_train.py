@@ -1,23 +1,20 @@
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from hpsearch.engine import determinism
+from hpsearch.engine import determinism, graphs, train
 from hpsearch.engine.augment import random_resized_crop
 from hpsearch.engine.data import DeviceData, load_data
 from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
-from hpsearch.engine.train import (
-    EpochMetrics,
-    FitResult,
-    NonFiniteLoss,
-    fit,
-)
+from hpsearch.engine.train import EpochMetrics, FitResult, NonFiniteLoss, fit
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +195,93 @@ def test_before_cuda_sets_the_variable_only_when_deterministic(no_cublas_setting
     del os.environ["CUBLAS_WORKSPACE_CONFIG"]
     determinism.before_cuda(True)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_cuda_graphs_on_the_cpu_train_eagerly_and_say_so_once(
+    data: DeviceData, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graphs, "_said", set())
+    caplog.set_level(logging.WARNING)
+    graphed = [fit(spec(epochs=1, cuda_graphs=True), data) for _ in range(2)]
+    said = [r.getMessage() for r in caplog.records if r.name == "hpsearch.engine.graphs"]
+    assert said == [
+        "train.cuda_graphs: CUDA graphs need a CUDA device; on cpu every training step runs eagerly"
+    ]
+    assert numbers(graphed[0]) == numbers(graphed[1]) == numbers(fit(spec(epochs=1), data))
+
+
+class Replayer:
+    """A CUDA graph simulated on the CPU: a capture records the step's body without running it,
+    a replay runs the recorded body (on the static inputs, as a graph would)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.body: Callable[[], None] | None = None
+        self.warmed = self.captures = self.replays = 0
+        self.grads_at_capture: list[bool] = []
+
+    def warm(self, body: Callable[[], None]) -> None:
+        self.warmed += 1
+        body()
+
+    def capture(self, body: Callable[[], None]) -> None:
+        self.captures += 1
+        self.body = body
+        step = body.__self__  # type: ignore[attr-defined]
+        self.grads_at_capture.append(any(p.grad is not None for p in step.model.parameters()))
+
+    def replay(self) -> None:
+        assert self.body is not None
+        self.replays += 1
+        self.body()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_graphed_fit_trains_exactly_like_the_eager_one(
+    data: DeviceData, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    """fit with train.cuda_graphs, its graph simulated on the CPU: 3 eager warm-up steps, a
+    capture (gradients released first) then replays, captured again when the cosine schedule
+    changes the rate each epoch; the numbers are the eager fit's to the last digit."""
+    made: list[Replayer] = []
+
+    def recorder(device: torch.device) -> Replayer:
+        made.append(Replayer(device))
+        return made[-1]
+
+    monkeypatch.setattr(graphs, "CudaGraph", recorder)
+    monkeypatch.setattr(train, "use_graphs", lambda requested, device: requested)
+    cosine = OptimSpec(
+        optimizer=optimizer,
+        lr=2e-3 if optimizer == "adam" else 0.02,
+        weight_decay=1e-4,
+        momentum=0.9,
+        lr_decay_step=10,
+        lr_decay_gamma=0.9,
+        lr_schedule="cosine",
+    )
+    eager = fit(spec(epochs=2, optim=cosine), data)
+    graphed = fit(spec(epochs=2, optim=cosine, cuda_graphs=True), data)
+    assert numbers(graphed) == numbers(eager)
+    (r,) = made
+    steps = 2 * (len(data.train_labels) // 32)  # the last partial batch of each epoch dropped
+    assert (r.warmed, r.captures, r.replays) == (3, 2, steps - 3)
+    assert r.grads_at_capture == [False, False]
+
+
+def test_time_steps_runs_the_eager_or_the_graphed_step(
+    data: DeviceData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU kit's comparison: on the CPU a graphed timing falls back to the eager step and
+    says so in its result; with a graph (simulated) the capture happens in the untimed warm-up,
+    even when the caller asks for less."""
+    eager = train.time_steps(spec(), data, graphed=False, steps=3, warmup=1)
+    assert (eager.graphed, eager.steps) == (False, 3)
+    monkeypatch.setattr(graphs, "_said", set())
+    assert not train.time_steps(spec(), data, graphed=True, steps=2, warmup=0).graphed
+    made: list[Replayer] = []
+    monkeypatch.setattr(graphs, "CudaGraph", lambda d: made.append(Replayer(d)) or made[-1])
+    monkeypatch.setattr(train, "use_graphs", lambda requested, device: requested)
+    timed = train.time_steps(spec(), data, graphed=True, steps=3, warmup=1)
+    assert (timed.graphed, timed.steps) == (True, 3)
+    (r,) = made
+    assert (r.warmed, r.captures, r.replays) == (3, 1, 4)  # the capture's own step, then 3
