@@ -44,10 +44,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from hpsearch.engine.data import load_data
+from hpsearch.engine.infer import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.engine.model import build_model
 from hpsearch.engine.runtime import tune_host
 from hpsearch.engine.spec import DataConfig
-from hpsearch.engine.train import IMAGENET_MEAN, IMAGENET_STD, fit, make_optimizer, resolve_device
+from hpsearch.engine.train import fit, make_optimizer, resolve_device
 from hpsearch.space import seed_spec
 
 SEED = seed_spec(epochs=1)

@@ -314,3 +314,31 @@ def test_the_option_table_matches_optunas_constructors() -> None:
         for name, options in kind.items():
             keywords = inspect.signature(classes[name]).parameters
             assert set(options) <= set(keywords), (name, set(options) - set(keywords))
+
+
+def test_deterministic_and_cuda_graphs_are_train_options_off_by_default() -> None:
+    """train.deterministic and train.cuda_graphs: validated like the other train booleans,
+    recorded in the resolved config, passed to the trial's spec; a config recorded before they
+    existed (a trial's ``config`` attribute, a checkpoint) still loads, with both off."""
+    from hpsearch.config import config_from_dict
+    from hpsearch.space import Recorder, baseline_value, sample_values, to_trial_spec
+
+    default = load_study("smoke")
+    assert not default.train.deterministic and not default.train.cuda_graphs
+    on = load_study(
+        "smoke", [parse_set("train.deterministic=true"), parse_set("train.cuda_graphs=yes")]
+    )
+    assert on.train.deterministic and on.train.cuda_graphs
+    assert on.to_dict()["train"]["deterministic"] is True
+    assert on.to_dict()["train"]["cuda_graphs"] is True
+    assert config_from_dict(on.to_dict(), "here").train == on.train
+    spec = to_trial_spec(sample_values(on.search, Recorder(baseline_value)), on, 0)
+    assert spec.deterministic and spec.cuda_graphs
+    old = default.to_dict()
+    for key in ("deterministic", "cuda_graphs"):
+        del old["train"][key]
+    assert config_from_dict(old, "an old trial").train == default.train
+    for key in ("deterministic", "cuda_graphs"):
+        with pytest.raises(ConfigError) as e:
+            load_study("smoke", [parse_set(f"train.{key}=1")])
+        assert str(e.value) == f"--set train.{key}: train.{key}: expected true or false, got int 1"

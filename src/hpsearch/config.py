@@ -61,6 +61,8 @@ class TrainConfig:
     eval_batch_size: int
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
+    deterministic: bool = False  # exact re-runs on CUDA too (engine.determinism)
+    cuda_graphs: bool = False  # the training step replayed from a CUDA graph (engine.graphs)
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,20 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         val_max_per_class=_int(d, "val_max_per_class", "data.val_max_per_class", None, 1),
     )
 
-    t = _section(doc, "train", "", ("epochs", "device", "eval_batch_size", "crop_scale", "flip"))
+    t = _section(
+        doc,
+        "train",
+        "",
+        (
+            "epochs",
+            "device",
+            "eval_batch_size",
+            "crop_scale",
+            "flip",
+            "deterministic",
+            "cuda_graphs",
+        ),
+    )
     device = t.get("device", "auto")
     if not isinstance(device, str) or not DEVICES.match(device):
         raise _Invalid("train.device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
@@ -370,6 +385,8 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
         eval_batch_size=_req_int(t, "eval_batch_size", "train.eval_batch_size", 500, 1),
         crop_scale=(float(crop[0]), float(crop[1])),
         flip=_bool(t, "flip", "train.flip", True),
+        deterministic=_bool(t, "deterministic", "train.deterministic", False),
+        cuda_graphs=_bool(t, "cuda_graphs", "train.cuda_graphs", False),
     )
 
     s = _section(
@@ -444,6 +461,8 @@ def _validate(doc: Mapping[str, Any], path: Path, root_is_set: bool) -> StudyCon
             "eval_batch_size": train.eval_batch_size,
             "crop_scale": list(train.crop_scale),
             "flip": train.flip,
+            "deterministic": train.deterministic,
+            "cuda_graphs": train.cuda_graphs,
         },
         "search": dict(s),
     }

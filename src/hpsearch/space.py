@@ -14,7 +14,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from hpsearch.engine.spec import ArchSpec, OptimSpec, TrialSpec
@@ -277,6 +277,10 @@ class _TrainConfig(Protocol):
     def crop_scale(self) -> tuple[float, float]: ...
     @property
     def flip(self) -> bool: ...
+    @property
+    def deterministic(self) -> bool: ...
+    @property
+    def cuda_graphs(self) -> bool: ...
 
 
 class StudyConfig(Protocol):
@@ -337,7 +341,8 @@ def sample_values(search: SearchConfig, source: Source) -> dict[str, Any]:
 
 def to_trial_spec(values: Mapping[str, Any], cfg: StudyConfig, seed: int) -> TrialSpec:
     """Build the plain spec ``fit`` takes from resolved family values and the study config."""
-    return _trial_spec(values, cfg.train.epochs, seed, cfg.train.crop_scale, cfg.train.flip)
+    spec = _trial_spec(values, cfg.train.epochs, seed, cfg.train.crop_scale, cfg.train.flip)
+    return replace(spec, deterministic=cfg.train.deterministic, cuda_graphs=cfg.train.cuda_graphs)
 
 
 def seed_spec(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpsearch.engine.model import build_model, count_params, param_count
+from hpsearch.engine.model import GlobalAvgPool, build_model, count_params, param_count
 from hpsearch.engine.spec import ArchSpec
 
 
@@ -129,3 +129,33 @@ def test_a_narrow_network_with_a_wide_dense_layer_has_more_parameters_and_fewer_
     )
     assert param_count(narrow, 2, 128) > param_count(wide, 2, 128)
     assert activation_count(narrow, 128) * 10 < activation_count(wide, 128)
+
+
+# layers whose CUDA backward has no deterministic kernel: with train.deterministic (PyTorch's
+# deterministic algorithms) a CUDA trial using one fails at its first backward pass
+NO_DETERMINISTIC_CUDA_BACKWARD = (
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveAvgPool3d,
+    torch.nn.AdaptiveMaxPool2d,
+    torch.nn.AvgPool3d,
+    torch.nn.FractionalMaxPool2d,
+    torch.nn.ReflectionPad2d,
+    torch.nn.Upsample,
+)
+
+
+@pytest.mark.parametrize("head", ["flatten", "gap"])
+@pytest.mark.parametrize(("bn", "res"), [(True, True), (False, False)])
+def test_every_layer_has_a_deterministic_cuda_backward(head: str, bn: bool, res: bool) -> None:
+    model = build_model(arch(3, 3, head=head, batch_norm=bn, residual=res), 2, 32)
+    used = [
+        type(m).__name__ for m in model.modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)
+    ]
+    assert used == []
+
+
+def test_the_gap_head_averages_each_feature_map() -> None:
+    x = torch.randn(4, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    pooled = GlobalAvgPool()(x)
+    assert torch.allclose(pooled, torch.nn.AdaptiveAvgPool2d(1)(x), atol=1e-6)
+    assert pooled.shape == (4, 16, 1, 1)

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+import logging
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from hpsearch.engine import determinism, graphs, train
+from hpsearch.engine.augment import random_resized_crop
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.spec import ArchSpec, DataConfig, OptimSpec, TrialSpec
-from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, Normalizer, fit, random_resized_crop
+from hpsearch.engine.train import EpochMetrics, FitResult, NonFiniteLoss, fit
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +146,142 @@ def test_augmentation_shapes_and_identity(data: DeviceData) -> None:
         assert torch.allclose(a, b, atol=1e-4) or torch.allclose(a, b.flip(-1), atol=1e-4)
     cropped = random_resized_crop(x, (0.3, 0.5), True, g)
     assert cropped.shape == x.shape and not torch.allclose(cropped, x)
+
+
+def numbers(r: FitResult) -> list[tuple[float, ...]]:
+    """What a fit learned, epoch by epoch (not how long it took)."""
+    return [(m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.lr) for m in r.history]
+
+
+@pytest.fixture
+def no_cublas_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(determinism.CUBLAS_VARIABLE, raising=False)
+
+
+def test_deterministic_sets_the_flags_during_fit_and_repeats_exactly(
+    data: DeviceData, no_cublas_setting: None
+) -> None:
+    """train.deterministic: deterministic algorithms on and cuDNN benchmark off while fit runs,
+    cuBLAS's workspace set for the process; both flags as they were afterwards; a re-run gives
+    the same numbers to the last digit."""
+    seen: list[tuple[bool, bool, str | None]] = []
+
+    def flags(m: EpochMetrics) -> None:
+        seen.append(
+            (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.backends.cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            )
+        )
+
+    s = spec(epochs=2, deterministic=True)
+    first = fit(s, data, flags)
+    assert seen == [(True, False, ":4096:8")] * 2
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # the process keeps it
+    assert numbers(fit(s, data)) == numbers(first)
+    seen.clear()
+    fit(spec(epochs=1), data, flags)
+    assert seen == [(False, False, ":4096:8")]  # on the CPU benchmark mode stays off
+
+
+def test_before_cuda_sets_the_variable_only_when_deterministic(no_cublas_setting: None) -> None:
+    determinism.before_cuda(False)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # the other deterministic value: kept
+    determinism.before_cuda(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    determinism.before_cuda(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_cuda_graphs_on_the_cpu_train_eagerly_and_say_so_once(
+    data: DeviceData, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graphs, "_said", set())
+    caplog.set_level(logging.WARNING)
+    graphed = [fit(spec(epochs=1, cuda_graphs=True), data) for _ in range(2)]
+    said = [r.getMessage() for r in caplog.records if r.name == "hpsearch.engine.graphs"]
+    assert said == [
+        "train.cuda_graphs: CUDA graphs need a CUDA device; on cpu every training step runs eagerly"
+    ]
+    assert numbers(graphed[0]) == numbers(graphed[1]) == numbers(fit(spec(epochs=1), data))
+
+
+class Replayer:
+    """A CUDA graph simulated on the CPU: a capture records the step's body without running it,
+    a replay runs the recorded body (on the static inputs, as a graph would)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.body: Callable[[], None] | None = None
+        self.warmed = self.captures = self.replays = 0
+        self.grads_at_capture: list[bool] = []
+
+    def warm(self, body: Callable[[], None]) -> None:
+        self.warmed += 1
+        body()
+
+    def capture(self, body: Callable[[], None]) -> None:
+        self.captures += 1
+        self.body = body
+        step = body.__self__  # type: ignore[attr-defined]
+        self.grads_at_capture.append(any(p.grad is not None for p in step.model.parameters()))
+
+    def replay(self) -> None:
+        assert self.body is not None
+        self.replays += 1
+        self.body()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_graphed_fit_trains_exactly_like_the_eager_one(
+    data: DeviceData, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    """fit with train.cuda_graphs, its graph simulated on the CPU: 3 eager warm-up steps, a
+    capture (gradients released first) then replays, captured again when the cosine schedule
+    changes the rate each epoch; the numbers are the eager fit's to the last digit."""
+    made: list[Replayer] = []
+
+    def recorder(device: torch.device) -> Replayer:
+        made.append(Replayer(device))
+        return made[-1]
+
+    monkeypatch.setattr(graphs, "CudaGraph", recorder)
+    monkeypatch.setattr(train, "use_graphs", lambda requested, device: requested)
+    cosine = OptimSpec(
+        optimizer=optimizer,
+        lr=2e-3 if optimizer == "adam" else 0.02,
+        weight_decay=1e-4,
+        momentum=0.9,
+        lr_decay_step=10,
+        lr_decay_gamma=0.9,
+        lr_schedule="cosine",
+    )
+    eager = fit(spec(epochs=2, optim=cosine), data)
+    graphed = fit(spec(epochs=2, optim=cosine, cuda_graphs=True), data)
+    assert numbers(graphed) == numbers(eager)
+    (r,) = made
+    steps = 2 * (len(data.train_labels) // 32)  # the last partial batch of each epoch dropped
+    assert (r.warmed, r.captures, r.replays) == (3, 2, steps - 3)
+    assert r.grads_at_capture == [False, False]
+
+
+def test_time_steps_runs_the_eager_or_the_graphed_step(
+    data: DeviceData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU kit's comparison: on the CPU a graphed timing falls back to the eager step and
+    says so in its result; with a graph (simulated) the capture happens in the untimed warm-up,
+    even when the caller asks for less."""
+    eager = train.time_steps(spec(), data, graphed=False, steps=3, warmup=1)
+    assert (eager.graphed, eager.steps) == (False, 3)
+    monkeypatch.setattr(graphs, "_said", set())
+    assert not train.time_steps(spec(), data, graphed=True, steps=2, warmup=0).graphed
+    made: list[Replayer] = []
+    monkeypatch.setattr(graphs, "CudaGraph", lambda d: made.append(Replayer(d)) or made[-1])
+    monkeypatch.setattr(train, "use_graphs", lambda requested, device: requested)
+    timed = train.time_steps(spec(), data, graphed=True, steps=3, warmup=1)
+    assert (timed.graphed, timed.steps) == (True, 3)
+    (r,) = made
+    assert (r.warmed, r.captures, r.replays) == (3, 1, 4)  # the capture's own step, then 3

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import argv, hpsearch
-from hpsearch.engine.train import IMAGENET_MEAN, IMAGENET_STD
+from hpsearch.engine.infer import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.errors import HpsearchError
 from hpsearch.results.export import export, onnx_available
 from hpsearch.results.read import ranked

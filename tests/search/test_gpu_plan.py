@@ -142,3 +142,23 @@ def test_a_gpu_worker_gives_its_cache_back_between_trials(
     assert emptied == []
     between_trials(torch.device("cuda", 0))(None, None)
     assert emptied == [True]
+
+
+def test_the_probes_step_is_fits_step_and_trains() -> None:
+    """The step the busy share times (CUDA only in a probe) runs here on the CPU: fit's own step
+    on a fixed batch, so it cannot rot unseen before a GPU runs it."""
+    from hpsearch.engine.data import DeviceData
+    from hpsearch.search.gpu_plan import step_loop
+    from hpsearch.space import seed_spec
+
+    cpu = torch.device("cpu")
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (64,))
+    data = DeviceData(images, labels, images[:8], labels[:8], ("cat", "dog"), 32, cpu)
+    step = step_loop(seed_spec(1, 0, (0.35, 1.0), True), data)
+    closure = step.__closure__ or ()
+    model = next(c.cell_contents for c in closure if hasattr(c.cell_contents, "model")).model
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

@@ -1,16 +1,18 @@
 """A trained model's inference time per image at batch 1: what ``search.constraints.max_latency_ms``
 judges. Measured as ``hpsearch serve`` runs a model (evaluation mode, ``torch.inference_mode``,
-channels_last; bf16 autocast on CUDA), on a copy, so the trial's model is left as it was."""
+``engine.infer``'s precision: channels_last, bf16 autocast on CUDA), on a copy, so the trial's
+model is left as it was."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
 import time
 
 import torch
 from torch import nn
+
+from hpsearch.engine.infer import autocast, prepare
 
 WARMUP = 5  # the first calls allocate and pick kernels
 REPEATS = 30
@@ -22,14 +24,12 @@ def latency_ms(model: nn.Module, image_size: int, device: torch.device) -> float
     On the CPU it uses the process's threads (``torch.get_num_threads()``), which the caller
     records beside the figure; other processes training on the same cores make it larger.
     """
-    m = copy.deepcopy(model).to(device=device, dtype=torch.float32)
-    m = m.to(memory_format=torch.channels_last).eval()
+    m = prepare(copy.deepcopy(model).to(dtype=torch.float32), device)
     x = torch.rand(1, 3, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     times: list[float] = []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device):
         for i in range(WARMUP + REPEATS):
             start = time.perf_counter()
             m(x)

@@ -39,6 +39,15 @@ class ConvBlock(nn.Module):
         return out
 
 
+class GlobalAvgPool(nn.Module):
+    """(B, C, H, W) -> (B, C, 1, 1): the mean of each feature map. ``nn.AdaptiveAvgPool2d(1)``
+    computes the same, but its CUDA backward has no deterministic kernel, so it fails a trial run
+    with ``train.deterministic``; a mean's backward is a broadcast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 def feature_size(arch: ArchSpec, image_size: int) -> int:
     """Spatial side after the conv blocks (each max-pool floors H/2)."""
     side = image_size
@@ -65,7 +74,7 @@ def build_model(arch: ArchSpec, num_classes: int, image_size: int) -> nn.Sequent
     for c_out, k in zip(arch.channels, arch.kernel_sizes, strict=True):
         blocks.append(ConvBlock(c_in, c_out, k, arch))
         c_in = c_out
-    pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if arch.head == "gap" else []
+    pool: list[nn.Module] = [GlobalAvgPool()] if arch.head == "gap" else []
     return nn.Sequential(
         *blocks,
         *pool,

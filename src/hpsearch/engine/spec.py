@@ -58,6 +58,10 @@ class TrialSpec:
     seed: int
     crop_scale: tuple[float, float]  # random-resized-crop area fraction (min, max)
     flip: bool
+    # how it runs, not what it learns (train.deterministic, train.cuda_graphs): see
+    # engine.determinism and engine.graphs
+    deterministic: bool = False  # repeat exactly on CUDA too, at some speed cost
+    cuda_graphs: bool = False  # replay the training step from a CUDA graph (CUDA only)
 
 
 @dataclass(frozen=True)

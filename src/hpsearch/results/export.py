@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hpsearch.engine.train import IMAGENET_MEAN, IMAGENET_STD
+from hpsearch.engine.infer import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.errors import HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.storage.checkpoint import Checkpoint

@@ -1,8 +1,9 @@
 """Using a checkpoint: predict labels for image files, evaluate on an ImageFolder directory.
 
 Images are read exactly like the validation images a trial was scored on: decoded with
-``engine.images.decode_image`` (RGB, resized to the study's image size) and normalised by
-``train.Normalizer``; a directory goes through ``data``'s decode-once cache.
+``engine.images.decode_image`` (RGB, resized to the study's image size), a directory through
+``data``'s decode-once cache, and run through ``engine.infer`` (normalisation, batches and the
+precision policy), the path the trial's own validation took and ``hpsearch serve`` takes.
 """
 
 from __future__ import annotations
@@ -16,29 +17,22 @@ import torch
 from PIL import Image
 from torch import nn
 
+from hpsearch.engine import infer
 from hpsearch.engine.data import load_split
 from hpsearch.engine.images import decode_image, list_split
+from hpsearch.engine.infer import BATCH_SIZE
 from hpsearch.engine.spec import DataConfig
-from hpsearch.engine.train import Normalizer
 from hpsearch.errors import DataError, first_line
 from hpsearch.files import what_is
 from hpsearch.storage.checkpoint import Checkpoint
 
 
-@torch.inference_mode()
 def logits(
-    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = BATCH_SIZE
 ) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, classes) float logits on the CPU, in eval mode."""
-    model = model.to(device).eval()
-    norm = Normalizer(device)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = norm(images[i : i + batch_size].to(device))  # (B, 3, S, S) normalised float
-        out.append(model(x).float().cpu())
-    if not out:
-        return torch.empty(0, 0)
-    return torch.cat(out)
+    """(N, S, S, 3) uint8 -> (N, classes) float logits on the CPU: ``infer.logits`` of the model
+    prepared for ``device``."""
+    return infer.logits(infer.prepare(model, device), images, device, batch_size).cpu()
 
 
 def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
@@ -64,7 +58,8 @@ class Prediction:
 
 def predict(ckpt: Checkpoint, paths: Sequence[str], device: torch.device) -> list[Prediction]:
     """The most probable class of each image, with its softmax probability."""
-    probs = logits(ckpt.model(), read_images(paths, ckpt.image_size), device).softmax(1)
+    model = infer.prepare(ckpt.model(), device)
+    probs = infer.probabilities(model, read_images(paths, ckpt.image_size), device).cpu()
     best = probs.argmax(1)
     return [
         Prediction(p, ckpt.classes[int(k)], float(probs[i, k]))

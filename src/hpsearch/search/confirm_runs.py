@@ -15,6 +15,7 @@ import optuna
 
 from hpsearch.config import StudyConfig
 from hpsearch.engine.data import DeviceData, load_data
+from hpsearch.engine.determinism import before_cuda
 from hpsearch.engine.devices import training_device
 from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit
@@ -66,6 +67,7 @@ class Worker:
         self.run_seconds: list[float] = []
 
     def _data(self, cfg: StudyConfig) -> DeviceData:
+        before_cuda(cfg.train.deterministic)  # before the data goes to the GPU
         device = training_device(cfg.train.device)
         key = (cfg.data, str(device))
         if key not in self.data:

@@ -165,34 +165,28 @@ def busy_share(kernel_seconds: float, window_seconds: float) -> float | None:
 
 
 def step_loop(spec: TrialSpec, data: DeviceData) -> Callable[[], None]:
-    """One training step of ``spec`` on a fixed batch of ``data``, as ``fit`` runs it, for
-    timing steady-state steps."""
+    """One training step of ``spec`` on a fixed batch of ``data``, the step ``fit`` runs
+    (:class:`hpsearch.engine.step.TrainStep`), for timing steady-state steps."""
     import torch
-    import torch.nn.functional as F
 
+    from hpsearch.engine.augment import crop_thetas
     from hpsearch.engine.model import build_model
-    from hpsearch.engine.train import Normalizer, make_optimizer, random_resized_crop
+    from hpsearch.engine.step import TrainStep
+    from hpsearch.engine.train import make_optimizer
 
     dev = data.device
     model = build_model(spec.arch, len(data.classes), data.image_size)
     model = model.to(dev).to(memory_format=torch.channels_last).train()
     opt = make_optimizer(list(model.parameters()), spec.optim, dev)
-    norm = Normalizer(dev)
+    step = TrainStep(model, opt, data)
     gen = torch.Generator(device=dev)
     gen.manual_seed(spec.seed)
     bs = min(spec.batch_size, len(data.train_labels))
-    images, labels = data.train_images[:bs], data.train_labels[:bs]
-
-    def step() -> None:
-        x = random_resized_crop(norm(images), spec.crop_scale, spec.flip, gen)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = F.cross_entropy(model(x), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-
-    return step
+    idx = torch.arange(bs, device=dev)
+    augment = spec.crop_scale != (1.0, 1.0) or spec.flip
+    theta = crop_thetas(bs, spec.crop_scale, spec.flip, gen, dev) if augment else None
+    lr = float(opt.param_groups[0]["lr"])
+    return lambda: step(idx, theta, lr)
 
 
 def measure_busy_share(step: Callable[[], None], warmup: int = 20, steps: int = 60) -> float | None:

@@ -148,6 +148,9 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
     check_before_opening(cfg, url, name)  # before the slow work below, and before any write
+    from hpsearch.engine.determinism import before_cuda
+
+    before_cuda(cfg.train.deterministic)  # before CUDA starts here or in a process started below
     from hpsearch.engine.data import load_data  # torch: imported once the checks have passed
     from hpsearch.search.launcher import launch, plan_slots
 
@@ -448,7 +451,10 @@ def _renumbered(slots: list[Slot]) -> list[Slot]:
 def device_for(cfg: StudyConfig, gpu: int | None = None) -> torch.device:
     """The device this process trains on: the study's ``train.device`` (or ``worker --gpu``
     ``gpu``), as :func:`hpsearch.engine.devices.training_device` resolves it; a GPU that is not
-    there is a ConfigError."""
+    there is a ConfigError. Called before the process's first CUDA work, so it also readies
+    ``train.deterministic``'s cuBLAS setting (``engine.determinism.before_cuda``)."""
+    from hpsearch.engine.determinism import before_cuda
     from hpsearch.engine.devices import training_device
 
+    before_cuda(cfg.train.deterministic)
     return training_device(cfg.train.device, gpu)

@@ -4,9 +4,9 @@
 image body) and answers the label and per-class probabilities of each; ``GET /model`` describes
 the trial; ``GET /health`` is for orchestrators; ``GET /`` is a self-contained page.
 
-Uploads are read and decoded by ``serve_input`` (``engine.images.decode_image``) and normalised by
-``train.Normalizer``: the code path ``hpsearch predict`` uses, so both give the same answer for
-the same file. Requests wait in
+Uploads are read and decoded by ``serve.upload`` (``engine.images.decode_image``) and run through
+``engine.infer`` (normalisation, precision: bf16 autocast on CUDA, fp32 on the CPU): the code path
+``hpsearch predict`` uses, so both give the same answer for the same file. Requests wait in
 an asyncio queue; one worker takes up to ``max_batch`` images, waiting at most ``max_wait_ms``
 for more after the first, and runs them as one batch in a single inference thread, so the event
 loop keeps parsing and decoding the next requests meanwhile. Bad input is a 4xx with
@@ -37,7 +37,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from torch import nn
 
-from hpsearch.engine.train import Normalizer
+from hpsearch.engine import infer
 from hpsearch.errors import HpsearchError
 from hpsearch.serve.dashboard import ALL_INTERFACES
 from hpsearch.serve.page import PAGE
@@ -74,22 +74,17 @@ class Model:
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
         self.ckpt = ckpt
         self.device = device
-        net: nn.Module = ckpt.model().to(device).to(memory_format=torch.channels_last)
-        self.net = net.eval()
-        self.norm = Normalizer(device)
+        net: nn.Module = infer.prepare(ckpt.model(), device)
+        self.net = net
         self.n_params = sum(p.numel() for p in net.parameters())
         s = ckpt.image_size
         self.probabilities(torch.zeros(1, s, s, 3, dtype=torch.uint8))  # warm-up
 
-    @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, S, S, 3) uint8 -> (N, classes) float softmax probabilities on the CPU."""
-        x = self.norm(images.to(self.device, non_blocking=True))  # (N, 3, S, S), channels_last
-        cuda = self.device.type == "cuda"  # bf16 there, as in training; fp32 on the CPU
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
-            logits = self.net(x)
-        probs: torch.Tensor = logits.float().softmax(1).cpu()
-        return probs
+        """(N, S, S, 3) uint8 -> (N, classes) float softmax probabilities on the CPU, in one
+        forward pass (the batcher sizes the batch)."""
+        n = max(len(images), 1)
+        return infer.probabilities(self.net, images, self.device, batch_size=n).cpu()
 
 
 @dataclass
