@@ -521,8 +521,10 @@ def measure_parts(spec: Any, data: Any, eval_bs: int, glibc: _GlibcPeak | None) 
     import torch
     import torch.nn.functional as F
 
+    from hpsearch.engine.augment import random_resized_crop
+    from hpsearch.engine.infer import Normalizer
     from hpsearch.engine.model import build_model
-    from hpsearch.engine.train import Normalizer, evaluate, make_optimizer, random_resized_crop
+    from hpsearch.engine.train import evaluate, make_optimizer
 
     dev = data.device
     cuda = dev.type == "cuda"
@@ -554,7 +556,7 @@ def measure_parts(spec: Any, data: Any, eval_bs: int, glibc: _GlibcPeak | None) 
     with watch_memory(cuda, glibc) as train:
         step()
     with watch_memory(cuda, glibc) as ev:
-        evaluate(model, data.val_images[:eval_bs], data.val_labels[:eval_bs], eval_bs, norm)
+        evaluate(model, data.val_images[:eval_bs], data.val_labels[:eval_bs], eval_bs)
     return {
         "weights": sum(p.nbytes for p in params),
         "gradients": sum(p.grad.nbytes for p in params if p.grad is not None),

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hpsearch.engine.augment import random_resized_crop
+from hpsearch.engine.infer import Normalizer
 from hpsearch.engine.memory import ROUNDING, LiveBytes, _step_peak, trial_memory
 from hpsearch.engine.model import build_model, param_count
 from hpsearch.engine.spec import ArchSpec, OptimSpec, TrialSpec
-from hpsearch.engine.train import Normalizer, random_resized_crop
 
 GIB = 2**30
 
