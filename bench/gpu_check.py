@@ -1010,7 +1010,7 @@ def check_cuda_graphs(c: Ctx) -> dict[str, Any]:
         f"Losses, graph vs eager: max |difference| {diff:.2e} over the first {head} steps "
         f"({diff_all:.2e} over all {n}); eager vs eager {noise:.2e}. Agree: "
         f"{'yes' if agree else 'NO'}. Worth adopting (>= 1.1x and agreeing): "
-        f"{'yes' if keep else 'no'}; the engine runs eager today.",
+        f"{'yes' if keep else 'no'}; the engine runs eager unless train.cuda_graphs is set.",
     ]
     summary = (
         f"eager {eager_ms:.3f} ms, graph {graph_ms:.3f} ms ({speedup:.2f}x); losses "
@@ -1021,7 +1021,63 @@ def check_cuda_graphs(c: Ctx) -> dict[str, Any]:
         if agree
         else [f"graph and eager losses differ by {diff:.2e} (eager vs eager {noise:.2e})"]
     )
+    product = product_graphs(dev, size, steps)  # the study-file option's own path
+    figures["train_cuda_graphs"] = product
+    md += [
+        "",
+        "The product's own path, `train.cuda_graphs` (`hpsearch.engine.train.time_steps`: the "
+        "batch gather, normalisation and crop included; and two one-epoch `fit`s):",
+        "",
+        "| train.cuda_graphs | ms/step | img/s | fit's epoch loss |",
+        "|---|---:|---:|---:|",
+        f"| false | {product['eager_ms']:.3f} | {product['eager_images_per_s']:.0f} | "
+        f"{product['eager_loss']:.6f} |",
+        f"| true | {product['graph_ms']:.3f} | {product['graph_images_per_s']:.0f} | "
+        f"{product['graph_loss']:.6f} |",
+    ]
+    summary += f"; train.cuda_graphs {product['eager_ms']:.3f} -> {product['graph_ms']:.3f} ms/step"
+    if not product["graphed"]:
+        problems.append("train.cuda_graphs did not replay a graph on CUDA")
+    if abs(product["eager_loss"] - product["graph_loss"]) > max(2e-2, 4 * noise):
+        problems.append(
+            f"fit with train.cuda_graphs gives epoch loss {product['graph_loss']:.4f} against "
+            f"{product['eager_loss']:.4f} eager"
+        )
     return judged(problems, summary, md, figures, GRAPH_CONDITION)
+
+
+def product_graphs(dev: Any, size: int, steps: int) -> dict[str, Any]:
+    """``train.cuda_graphs`` as hpsearch runs it: ``time_steps`` eager and graphed, and one
+    epoch of ``fit`` each way from the same seed (its training loss), on random images."""
+    from dataclasses import replace as with_
+
+    import torch
+
+    from hpsearch.engine.data import DeviceData
+    from hpsearch.engine.train import fit, time_steps
+    from hpsearch.space import seed_spec
+
+    gen = torch.Generator(device=dev).manual_seed(0)
+    n = 32 * 20
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device=dev, generator=gen)
+    labels = torch.randint(0, 2, (n,), device=dev, generator=gen)
+    data = DeviceData(images, labels, images[:64], labels[:64], ("cat", "dog"), size, dev)
+    spec = seed_spec(1, 0)
+    eager = time_steps(spec, data, graphed=False, steps=steps)
+    graph = time_steps(spec, data, graphed=True, steps=steps)
+    loss = {
+        on: fit(with_(spec, cuda_graphs=on), data, eval_batch_size=64).history[0].train_loss
+        for on in (False, True)
+    }
+    return {
+        "graphed": graph.graphed,
+        "eager_ms": eager.seconds_per_step * 1e3,
+        "graph_ms": graph.seconds_per_step * 1e3,
+        "eager_images_per_s": eager.images_per_s,
+        "graph_images_per_s": graph.images_per_s,
+        "eager_loss": loss[False],
+        "graph_loss": loss[True],
+    }
 
 
 def check_search(c: Ctx) -> dict[str, Any]:

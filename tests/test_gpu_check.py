@@ -398,3 +398,12 @@ def test_make_subset_refuses_bad_input_in_one_line(
     assert len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "foreign" / "keep.txt").exists()
     assert not (tmp_path / "s").exists()
+
+
+def test_the_product_graph_path_the_kit_measures_runs_on_the_cpu() -> None:
+    """The cuda_graphs check's measure of train.cuda_graphs (CUDA only in the kit) runs here: on
+    the CPU both ways are eager, so the fits' losses are the same and nothing was graphed."""
+    out = kit.product_graphs(torch.device("cpu"), 16, 3)
+    assert out["graphed"] is False
+    assert out["eager_loss"] == out["graph_loss"]
+    assert out["eager_ms"] > 0 and out["graph_images_per_s"] > 0
