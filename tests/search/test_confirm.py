@@ -5,6 +5,7 @@ PostgreSQL, and one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import statistics
@@ -244,6 +245,18 @@ def test_a_stopped_confirm_keeps_the_recorded_winners_checkpoint(fresh: Path) ->
     assert not a_file.exists()  # removed once the new winner was recorded: nothing leaks
 
 
+def test_fewer_seeds_than_recorded_count_only_their_runs(fresh: Path) -> None:
+    """Runs an earlier, larger --seeds left stay recorded, but a confirm with fewer seeds shows
+    and judges its own (it showed "2/1 runs" and a winner "over 2 seeds")."""
+    assert hpsearch(argv("confirm --study smoke --top 1 --seeds 2"), fresh).returncode == 0
+    r = hpsearch(argv("confirm --study smoke --top 1 --seeds 1"), fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 of 1 runs recorded already" in r.stdout
+    assert re.search(r"^\s+\d+\s+[\d.]+\s+[\d.]+ ± [\d.]+\s+1/1  <- winner$", r.stdout, re.M)
+    assert "over 1 seed (the search" in r.stdout and "over 1 seeds" not in r.stdout
+    assert study_of(fresh).user_attrs["confirmed"]["n"] == 1
+
+
 def test_confirm_with_two_workers(fresh: Path) -> None:
     r = hpsearch(argv("confirm --study smoke --top 2 --seeds 2 --workers 2"), fresh)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -286,6 +299,8 @@ def test_confirm_on_postgresql(workdir: Path, pg_url: str) -> None:
         ("confirm --study smoke --data wrong", ("bird are not classes of the study",)),
         ("confirm --study smoke --top 0", ("--top: must be at least 1",)),
         ("confirm --study smoke --seeds two", ("--seeds: expected a whole number",)),
+        ("confirm --study smoke --seeds 3000000", ("--seeds: at most 1000",)),
+        ("confirm --study smoke --data ''", ("--data: empty path",)),
         ("confirm --study nostudy", ("no study named 'nostudy'",)),
         ("confirm --study smoke --set train.epochs=zero", ("train.epochs",)),
     ],
@@ -299,6 +314,22 @@ def test_confirm_mistakes_are_one_line(searched: Path, line: str, needles: tuple
     r = hpsearch(argv(line), searched)
     one_line_error(r, *needles)
     assert (searched / "hpsearch.db").read_bytes() == before  # nothing written
+
+
+def test_a_test_set_that_does_not_decode_stops_confirm_before_training(searched: Path) -> None:
+    for cls in ("cat", "dog"):  # files that are no photos
+        (searched / "broken" / cls).mkdir(parents=True, exist_ok=True)
+        (searched / "broken" / cls / "not-a-photo.jpg").write_text("text, not a JPEG")
+    before = (searched / "hpsearch.db").read_bytes()
+    r = hpsearch(argv("confirm --study smoke --data broken"), searched)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert (
+        lines[-1].startswith("hpsearch: error: class folder") and "no readable image" in lines[-1]
+    )
+    assert "skipped 2 unreadable file(s)" in r.stderr and "Traceback" not in r.stderr
+    assert "epoch" not in r.stdout  # found before any run trained (was after every run)
+    assert (searched / "hpsearch.db").read_bytes() == before
 
 
 def test_confirm_without_a_database(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from hpsearch.cli.results import (
     artifacts_arg,
     non_negative_int,
     positive_int,
+    seed_count,
     storage_args,
 )
 from hpsearch.cli.serve import add_serve_command
@@ -209,7 +210,7 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--top", type=positive_int, default=3, metavar="K", help="how many best trials"
     )
     confirm.add_argument(
-        "--seeds", type=positive_int, default=3, metavar="N", help="new seeds per trial"
+        "--seeds", type=seed_count, default=3, metavar="N", help="new seeds per trial (1-1000)"
     )
     confirm.add_argument(
         "--data",

@@ -88,6 +88,21 @@ def _whole_number(text: str, lowest: int) -> int:
     return value
 
 
+MAX_CONFIRM_SEEDS = 1000  # each is a full training run of every confirmed trial
+
+
+def seed_count(text: str) -> int:
+    """argparse type of confirm's --seeds: 1 to MAX_CONFIRM_SEEDS (3,000,000 once allocated
+    1.2 GB of jobs before anything else was checked)."""
+    value = _whole_number(text, 1)
+    if value > MAX_CONFIRM_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_CONFIRM_SEEDS} (each seed trains every confirmed trial once), "
+            f"got {value}"
+        )
+    return value
+
+
 def trial_number(text: str) -> int:
     """argparse type: a trial number (0 or more)."""
     if not text.isdigit():

@@ -42,6 +42,7 @@ from hpsearch.search.confirm_jobs import (
     clear_job_claims,
     pending,
     plan,
+    summarize,
     trial_config,
 )
 from hpsearch.storage.checkpoint import remove_artifact
@@ -59,14 +60,19 @@ from hpsearch.storage.state import (
     CONFIRMED_ATTR,
     fresh_trials,
     read_attrs,
+    trial_attr,
     winner_checkpoint,
 )
 
 # --- one run -----------------------------------------------------------------------------------
 
 
-def check_test_dir(data_dir: Path, classes: Sequence[str]) -> TestSet:
-    """The test directory's layout and classes (a subset of the training classes)."""
+def check_test_dir(data_dir: Path, classes: Sequence[str], image_size: int) -> TestSet:
+    """The test directory's layout and classes (a subset of the training classes), and every
+    image decoded at ``image_size`` (into the cache the runs' evaluation reads), before any
+    training: an undecodable photo is found now, not after each run's training."""
+    from hpsearch.engine.data import load_split
+    from hpsearch.engine.spec import DataConfig
     from hpsearch.results.inference import imagefolder_split
 
     split = imagefolder_split(data_dir.expanduser().resolve())
@@ -83,6 +89,7 @@ def check_test_dir(data_dir: Path, classes: Sequence[str]) -> TestSet:
             f"--data {data_dir}: class folder(s) {', '.join(unknown)} are not classes of the "
             f"study ({', '.join(classes)})"
         )
+    load_split(DataConfig(split.parent, image_size, None, None), split.name)
     return TestSet(data_dir.expanduser().resolve())
 
 
@@ -101,6 +108,9 @@ def train_classes(cfg: StudyConfig) -> tuple[str, ...]:
 # --- the result --------------------------------------------------------------------------------
 
 
+ALL_RUNS = "all_runs"  # in a Row: every recorded run, when CONFIRM_RUNS holds only the counted
+
+
 @dataclass(frozen=True)
 class Row:
     trial: FrozenTrial
@@ -112,10 +122,21 @@ class Row:
         return float(v) if v is not None else None
 
 
-def results(study: optuna.Study, top: Sequence[FrozenTrial]) -> list[Row]:
+def results(study: optuna.Study, top: Sequence[FrozenTrial], seeds: int) -> list[Row]:
+    """Each trial's confirm runs and their means, over its first ``seeds`` runs: runs an earlier,
+    larger ``--seeds`` left (a stopped ``--seeds 1000``) are kept in the study but do not count
+    towards this one's table and winner."""
     keys = [CONFIRM_RUNS, CONFIRM_VAL_MEAN, CONFIRM_VAL_STD, CONFIRM_N, CONFIRM_TEST_MEAN]
     keys += [CONFIRM_TEST_STD, CONFIRM_TEST_N, CONFIRM_TEST_DATA, CONFIRM_CHECKPOINT]
-    return [Row(t, read_attrs(study, t, keys)) for t in top]
+    rows = []
+    for t in top:
+        a = read_attrs(study, t, keys)
+        runs = [r for r in trial_attr(t, CONFIRM_RUNS, list, a) or [] if isinstance(r, dict)]
+        counted = [r for r in runs if isinstance(r.get("run"), int) and r["run"] < seeds]
+        if len(counted) < len(runs):
+            a = {**a, **summarize(counted), ALL_RUNS: runs, CONFIRM_RUNS: counted}
+        rows.append(Row(t, a))
+    return rows
 
 
 def pick_winner(rows: Sequence[Row]) -> Row | None:
@@ -133,7 +154,8 @@ def record_winner(
     the runs kept until now, is removed once no trial keeps it."""
     before = winner_checkpoint(study)
     a = winner.attrs
-    kept: dict[str, Any] = next((r for r in a.get(CONFIRM_RUNS) or [] if r.get("kept")), {})
+    runs = a.get(ALL_RUNS, a.get(CONFIRM_RUNS)) or []
+    kept: dict[str, Any] = next((r for r in runs if r.get("kept")), {})
     doc = {
         "trial": winner.trial.number,
         "val_accuracy_mean": a.get(CONFIRM_VAL_MEAN),
@@ -241,7 +263,10 @@ def cmd_confirm(args: Any) -> int:
     jobs = plan(top, configs, args.seeds)
     test = None
     if args.data is not None:
-        test = check_test_dir(Path(args.data), train_classes(configs[top[0].number]))
+        if not args.data.strip():  # Path("") is the current directory
+            raise DataError("--data: empty path (give the test ImageFolder directory)")
+        first = configs[top[0].number]
+        test = check_test_dir(Path(args.data), train_classes(first), first.data.image_size)
 
     # the training code (torch): once the study, its trials and --data have been checked
     from hpsearch.search.confirm_runs import Worker
@@ -296,7 +321,7 @@ def cmd_confirm(args: Any) -> int:
                 if code != 0:
                     how = f"signal {-code}" if code < 0 else f"exit code {code}"
                     _say(f"[w{slot.index}] ended with {how}")
-    rows = results(study, top)
+    rows = results(study, top, args.seeds)
     missing = pending(study, jobs)
     winner = pick_winner(rows)
     _say(table(rows, winner, args.seeds))
@@ -317,7 +342,8 @@ def cmd_confirm(args: Any) -> int:
         )
     _say(
         f"winner: trial {doc['trial']}, confirmed val_accuracy {doc['val_accuracy_mean']:.4f} "
-        f"± {doc['val_accuracy_std']:.4f} over {doc['n']} seeds{test_text} (the search "
+        f"± {doc['val_accuracy_std']:.4f} over {doc['n']} seed{'s' if doc['n'] != 1 else ''}"
+        f"{test_text} (the search "
         f"measured {winner.trial.values[0]:.4f} once)"
     )
     note = spread_note(rows)
