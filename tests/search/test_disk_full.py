@@ -56,3 +56,26 @@ def test_full_disk_while_writing_a_checkpoint(workdir: Path, full_disk: Path) ->
     assert not [p for p in art.rglob("*") if p.is_file()]  # no partial checkpoint left
     best = hpsearch(["best", "--study", "smoke", "--artifacts", str(art)], workdir)
     assert best.returncode == 0 and "has no checkpoint" in best.stdout
+
+
+def test_full_disk_under_the_database_mid_search_is_one_line(
+    workdir: Path, full_disk: Path
+) -> None:
+    """The database's disk fills while trials run: only hpsearch's one line, not Optuna's
+    "Trial N failed" warning and its traceback before it; what was recorded stays."""
+    tiny = ["--set", "data.max_per_class=20", "--set", "data.val_max_per_class=10"]
+    first = ["run", "--study", "smoke", "--pruner", "none", "--artifacts", str(workdir / "a")]
+    r = hpsearch([*first, "--trials", "1", "--set", "train.epochs=1", *tiny], full_disk)
+    assert r.returncode == 0, r.stderr
+    free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+    (full_disk / "filler").write_bytes(b"\0" * max(0, free - 40 * 1024))  # 40 KiB left
+    r = hpsearch([*first, "--trials", "20", "--set", "train.epochs=3", *tiny], full_disk)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error: "), r.stderr
+    assert "full" in lines[0]
+    assert "Traceback" not in r.stdout + r.stderr and "failed with" not in r.stdout + r.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{full_disk / 'hpsearch.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # recorded before: kept

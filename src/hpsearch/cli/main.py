@@ -380,13 +380,16 @@ class _QuietInterrupt(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C (or SIGTERM) as two warnings, "Trial N failed with
     parameters: ... KeyboardInterrupt()" with a traceback and "Trial N failed with value None.".
     The user asked for the stop and hpsearch says so in one line, so both are dropped; the
-    numbers of the stopped trials are kept for that line."""
+    numbers of the stopped trials are kept for that line. The same two warnings for a trial
+    that hpsearch's own one-line error stopped (a full disk under the database, say) are
+    dropped too: the error propagates, and main prints it, once, in one line."""
 
     _FAILED = re.compile(r"Trial (\d+) failed with ")
 
     def __init__(self) -> None:
         super().__init__()
         self.stopped: list[int] = []
+        self.failed: list[int] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         m = self._FAILED.match(record.getMessage())
@@ -395,7 +398,11 @@ class _QuietInterrupt(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             self.stopped.append(int(m[1]))
             return False
-        return int(m[1]) not in self.stopped  # the "failed with value None." line that follows
+        if record.exc_info and isinstance(record.exc_info[1], HpsearchError):
+            self.failed.append(int(m[1]))  # raised on by optimize: main says it in one line
+            return False
+        # the "failed with value None." line that follows
+        return int(m[1]) not in self.stopped and int(m[1]) not in self.failed
 
 
 _quiet_interrupt = _QuietInterrupt()
