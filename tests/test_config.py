@@ -94,6 +94,11 @@ def test_yaml_reads_1e_minus_3_as_float(tmp_path: Path) -> None:
         ),
         ("- just\n- a list\n", "a study file is a mapping of sections"),
         ("data: [unclosed\n", "not valid YAML"),
+        (
+            "data:\n  image_size: 32\ntrain:\n  epochs: 2\ndata:\n  image_size: 64\n",
+            "line 5 not valid YAML: duplicate key 'data' (first at line 1)",
+        ),
+        ("data:\n  image_size: 32\n  image_size: 64\n", "duplicate key 'image_size'"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
