@@ -274,3 +274,26 @@ def test_odd_attribute_types_are_one_line(
     r = hpsearch([*argv(command), "--study", "smoke"], tmp_path)
     one_line_error(r, needle)
     assert r.returncode == 1
+
+
+def test_a_study_whose_trials_are_all_over_the_budget_says_so(tmp_path: Path) -> None:
+    """confirm and export on trials outside the deployment budget name the budget (they said
+    "no completed trial" and "never ranked among the kept best trials")."""
+    study = optuna.create_study(
+        study_name="smoke", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}", direction="maximize"
+    )
+    for i in range(2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 1e-3},
+                distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                value=0.6 + i / 10,
+                system_attrs={"constraints": [5.0]},  # as Optuna's constraints record them
+            )
+        )
+    r = hpsearch(argv("confirm --study smoke"), tmp_path)
+    one_line_error(r, "all 2 completed trials are over the deployment budget")
+    r = hpsearch(
+        argv("export --study smoke --trial 0 --format torchscript --output m.pt"), tmp_path
+    )
+    one_line_error(r, "trial 0 has no checkpoint (it is over the deployment budget")

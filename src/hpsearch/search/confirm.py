@@ -247,7 +247,15 @@ def cmd_confirm(args: Any) -> int:
     else:
         top = completed[: args.top]
         if not top:
-            n = len(study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
+            n = len(trials)
+            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if done:
+                raise StorageError(
+                    f"study {name!r}: all {len(done)} completed trial"
+                    f"{'' if len(done) == 1 else 's'} are over the deployment budget "
+                    "(search.constraints), so none is confirmed; raise the budget or search more"
+                )
             raise StorageError(
                 f"study {name!r} has no completed trial to confirm ({n} trial"
                 f"{'' if n == 1 else 's'} in all)"

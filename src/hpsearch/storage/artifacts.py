@@ -60,6 +60,8 @@ def checkpoint_path(trial: FrozenTrial, store_dir: Path, keep_hint: str = "") ->
     artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
     if not isinstance(artifact_id, str):
         why = trial.user_attrs.get(CHECKPOINT_ERROR_ATTR)
+        if not why and any(v > 0 for v in trial.constraints.values()):
+            why = "it is over the deployment budget (search.constraints), so none was kept"
         raise CheckpointError(
             f"trial {trial.number} has no checkpoint"
             + (f" ({why})" if why else " (it never ranked among the kept best trials)")
