@@ -32,7 +32,7 @@ def load(url: str, name: str = "smoke") -> list[optuna.trial.FrozenTrial]:
 
 
 def own_count(out: str) -> int:
-    m = re.search(r"^done: (\d+) trials finished in this run", out, re.M)
+    m = re.search(r"^done: (\d+) trials? finished in this run", out, re.M)
     assert m, out
     return int(m[1])
 

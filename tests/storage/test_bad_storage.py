@@ -105,6 +105,8 @@ def test_password_in_the_storage_url_is_never_recorded_or_printed(
     assert r.returncode == 0, r.stderr
     assert SECRET not in r.stdout + r.stderr
     assert "postgres:***@" in r.stdout
+    # a hint with *** in it could not be pasted: it says which URL instead
+    assert "browse: hpsearch dashboard --study smoke --storage URL (the --storage given" in r.stdout
     (trial,) = optuna.load_study(study_name="smoke", storage=pg_url).trials
     assert "postgres:***@" in trial.user_attrs["command"]
     assert SECRET not in repr(trial.user_attrs) + repr(trial.system_attrs)

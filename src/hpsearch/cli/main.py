@@ -286,7 +286,8 @@ def _print_summary(summary: RunSummary) -> int:
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         print(f"[w{index}] ended with {how}", file=sys.stderr)
     print(
-        f"done: {summary.finished_here} trials finished in this run; the study has "
+        f"done: {summary.finished_here} trial{'' if summary.finished_here == 1 else 's'} "
+        "finished in this run; the study has "
         f"{summary.finished} finished ({summary.failed} failed, {summary.running} running)"
     )
     best = summary.best
@@ -299,6 +300,8 @@ def _print_summary(summary: RunSummary) -> int:
         print("best: no completed trial yet")
     url = summary.url
     storage_flag = "" if url == storage_url(None) else f" --storage {mask_url(url)}"
+    if mask_url(url) != url and storage_flag:  # a line with *** in it cannot be pasted
+        storage_flag = " --storage URL (the --storage given here; its password is not shown)"
     print(f"browse: hpsearch dashboard --study {summary.study_name}{storage_flag}")
     if not summary.done:
         print(
