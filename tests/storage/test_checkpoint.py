@@ -228,6 +228,12 @@ def test_artifacts_flag_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("HPSEARCH_ARTIFACTS")
     monkeypatch.chdir(tmp_path)
     assert artifacts_dir("postgresql://u:p@h/db") == tmp_path / "hpsearch-artifacts"
+    (tmp_path / "afile").write_text("x")  # a file where checkpoints go: refused, naming the flag
+    with pytest.raises(ConfigError, match=r"^--artifacts: .*afile is a file, not a directory$"):
+        artifacts_dir(url, str(tmp_path / "afile"))
+    monkeypatch.setenv("HPSEARCH_ARTIFACTS", str(tmp_path / "afile"))
+    with pytest.raises(ConfigError, match=r"^HPSEARCH_ARTIFACTS: .*is a file, not a directory$"):
+        artifacts_dir(url)
 
 
 def test_two_trials_finishing_together_leave_keep_checkpoints_files(tmp_path: Path) -> None:

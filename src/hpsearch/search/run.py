@@ -148,6 +148,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
     check_before_opening(cfg, url, name)  # before the slow work below, and before any write
+    artifacts_dir(url, opts.artifacts)  # a file where checkpoints go: refused now, not later
     from hpsearch.engine.determinism import before_cuda
 
     before_cuda(cfg.train.deterministic)  # before CUDA starts here or in a process started below

@@ -17,7 +17,8 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from hpsearch.errors import StorageError, first_line
+from hpsearch.errors import ConfigError, StorageError, first_line
+from hpsearch.files import what_is
 from hpsearch.storage.resilience import ResilientRDBStorage
 from hpsearch.storage.secrets import mask_url
 
@@ -36,7 +37,11 @@ def artifacts_dir(url: str, cli_value: str | None = None) -> Path:
     ``./hpsearch-artifacts`` (PostgreSQL: give every host the same shared directory)."""
     chosen = cli_value or os.environ.get("HPSEARCH_ARTIFACTS")
     if chosen:
-        return Path(chosen).expanduser().resolve()
+        path = Path(chosen).expanduser().resolve()
+        if path.exists() and not path.is_dir():  # a search would keep no checkpoint at all
+            flag = "--artifacts" if cli_value else "HPSEARCH_ARTIFACTS"
+            raise ConfigError(f"{flag}: {chosen} {what_is(path, 'a directory')}")
+        return path
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
