@@ -84,13 +84,18 @@ class _ClaimFile:
         try:
             return self.lock.acquire(*args, **kwargs)
         except OSError as e:
+            import errno
+
             from hpsearch.storage.secrets import mask_url
 
-            raise StorageError(
-                f"database {mask_url(self.db_url)} failed during locking: cannot make "
-                f"{self.lock.lock_file}: {e.strerror or e} (a readonly database? its lock file "
-                "is written beside it)"
-            ) from None
+            shown = mask_url(self.db_url)
+            why = f"cannot make its lock file {self.lock.lock_file}: {e.strerror or e}"
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the lock lives beside it
+                raise StorageError(
+                    f"database {shown} is read-only ({why}): hpsearch records trials in it; "
+                    "is the file or its directory read-only?"
+                ) from None
+            raise StorageError(f"database {shown}: {why}") from None
 
     def release(self, *args: Any, **kwargs: Any) -> None:
         self.lock.release(*args, **kwargs)

@@ -77,8 +77,12 @@ def permanent_error(error: BaseException, what: str, url: str) -> StorageError |
         return None
     reason = first_line(db.orig or db)
     shown = mask_url(url)
-    hint = " (is the file or its directory read-only?)" if "readonly" in reason else ""
-    return StorageError(f"database {shown} failed during {what}: {reason}{hint}")
+    if "readonly" in reason:  # whichever write came first, the cure is the same
+        return StorageError(
+            f"database {shown} is read-only ({reason}): hpsearch records trials in it; "
+            "is the file or its directory read-only?"
+        )
+    return StorageError(f"database {shown} failed during {what}: {reason}")
 
 
 def retrying(

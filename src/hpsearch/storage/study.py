@@ -151,13 +151,12 @@ def open_study(
     objectives = list(cfg.search.objectives)
     if exists:
         _check_objectives(storage, storage.get_study_id_from_name(study_name), study_name, cfg)
-    study = optuna.create_study(
+    # load_study for one that exists: create_study(load_if_exists=True) tries an INSERT first
+    study = optuna.load_study(
         storage=storage,
         study_name=study_name,
-        directions=_directions(cfg),
         sampler=make_sampler(cfg, n_existing + seed_offset),
         pruner=make_pruner(cfg),
-        load_if_exists=True,
     )
     if not exists:
         record_study_file(study, cfg)
