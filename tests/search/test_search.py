@@ -203,3 +203,22 @@ def test_train_one_runs_out_of_memory_as_a_trial_does(tmp_path: Path) -> None:
     with pytest.raises(HpsearchError) as e:
         train_one(TrainOptions("smoke", "0", huge, storage=url), print)
     assert str(e.value).startswith("trial 0 ran out of host memory: ")
+
+
+@pytest.mark.slow
+def test_train_one_trains_a_grid_trial_whatever_the_study_file_samples_now(
+    tmp_path: Path,
+) -> None:
+    """A grid trial holds only the grid's parameters (the rest are fixed or the baseline's):
+    ``train --trial N`` reads them as they were drawn, although the study file says tpe (the
+    search ran with ``--sampler grid``). It said "was it run with a different search space?"."""
+    url = f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    run_search(
+        RunOptions("smoke", 1, (*TINY, "search.sampler=grid"), storage=url, workers=1),
+        lambda _: None,
+    )
+    (t0,) = optuna.load_study(study_name="smoke", storage=url).trials
+    assert t0.state == TrialState.COMPLETE and set(t0.params) == {"kernel_size", "lr"}
+    trained = train_one(TrainOptions("smoke", "0", TINY, storage=url), lambda _: None)
+    assert trained.label == "trial 0" and trained.params == t0.params
+    assert trained.result.val_accuracy == pytest.approx(t0.value)  # the same trial, again

@@ -66,8 +66,15 @@ def train_one(
         study = open_existing(storage_url(opts.storage), opts.study_name or cfg.name)
         number = None if label == "best" else int(label)
         t = pick_trial(study, number, any_state=True)
+        # its parameters are read as they were drawn: a grid trial holds only the grid's (the
+        # rest are fixed or the baseline's) whatever sampler the study file names now
+        from dataclasses import replace
+
+        from hpsearch.search.confirm_jobs import trial_config
+
+        drawn = replace(cfg, search=trial_config(t, (), cfg).search)
         spec = derive_spec(
-            cfg, params_source(t.params, f"trial {t.number}"), t.number, t.user_attrs
+            drawn, params_source(t.params, f"trial {t.number}"), t.number, t.user_attrs
         )
         params = dict(t.params)
         label = f"trial {t.number}"
