@@ -52,6 +52,7 @@ def test_full_disk_while_writing_a_checkpoint(workdir: Path, full_disk: Path) ->
     )
     assert r.returncode == 0, r.stderr  # the search itself goes on
     assert "checkpoint not saved" in r.stderr
+    assert "No space left on device" in r.stderr and "enforce fail" not in r.stderr, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert not [p for p in art.rglob("*") if p.is_file()]  # no partial checkpoint left
     best = hpsearch(["best", "--study", "smoke", "--artifacts", str(art)], workdir)
@@ -79,3 +80,17 @@ def test_full_disk_under_the_database_mid_search_is_one_line(
 
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{full_disk / 'hpsearch.db'}")
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # recorded before: kept
+
+
+def test_full_disk_while_confirm_keeps_a_model_says_no_space(full_disk: Path) -> None:
+    """confirm keeps its runs' models with save_blob: a full disk is "No space left on device",
+    not torch's "[enforce fail at inline_container.cc:672]", and leaves no partial file."""
+    import torch
+
+    from hpsearch.storage.artifacts import CheckpointError
+    from hpsearch.storage.checkpoint import save_blob
+
+    with pytest.raises(CheckpointError, match="No space left on device") as e:
+        save_blob(full_disk / "a", {"weights": torch.zeros(1_000_000)}, "run.pt")
+    assert "enforce fail" not in str(e.value)
+    assert not [p for p in full_disk.rglob("*") if p.is_file()]

@@ -184,14 +184,14 @@ class CheckpointKeeper:
             self.store.base_path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".upload-", dir=self.store.base_path) as tmp:
                 path = Path(tmp) / f"trial-{trial.number}-checkpoint.pt"
-                torch.save(blob, path)
+                save_file(blob, path)
                 artifact_id = upload_artifact(
                     artifact_store=self.store,
                     file_path=str(path),
                     study_or_trial=trial,
                     mimetype="application/octet-stream",
                 )
-        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        except (OSError, RuntimeError) as e:
             detail = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
             reason = f"checkpoint not saved in {self.store.base_path}: {detail}"
             log.warning("trial %d: %s", trial.number, reason)
@@ -344,6 +344,19 @@ def checkpoint_from_blob(blob: Mapping[str, Any], path: Path) -> Checkpoint:
     )
 
 
+def save_file(blob: Mapping[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write is the OSError that caused
+    it ("No space left on device"): given a path, torch says only "[enforce fail at
+    inline_container.cc:672] . unexpected pos"."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(blob, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
 def save_blob(store_dir: Path, blob: Mapping[str, Any], name: str) -> str:
     """Write a checkpoint into the artifact store (atomically) without attaching it to a trial
     (``hpsearch confirm`` keeps the models of finished trials this way); returns its artifact
@@ -354,7 +367,7 @@ def save_blob(store_dir: Path, blob: Mapping[str, Any], name: str) -> str:
         store_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".upload-", dir=store_dir) as tmp:
             path = Path(tmp) / name
-            torch.save(dict(blob), path)
+            save_file(dict(blob), path)
             with open(path, "rb") as f:
                 store.write(artifact_id, f)
     except (OSError, RuntimeError) as e:
