@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpsearch.results.read import ranked
 from hpsearch.storage.state import (
     CONFIRM_CHECKPOINT,
     CONFIRM_N,
@@ -24,7 +25,10 @@ from hpsearch.storage.state import (
     CONFIRM_TEST_STD,
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
+    CONFIRMED_ATTR,
+    fresh_trials,
     read_attrs,
+    study_attr,
     trial_attr,
 )
 
@@ -135,3 +139,41 @@ def spread_note(rows: Sequence[Row]) -> str | None:
         )
     return None
 
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the last ``hpsearch confirm`` left in a study: its rows (best search value first),
+    the winner's row, the study's ``confirmed`` attribute, and the seeds each row counts."""
+
+    rows: list[Row]
+    winner: Row | None
+    doc: dict[str, Any] | None
+    seeds: int
+
+
+def recorded(study: optuna.Study) -> Recorded | None:
+    """The confirm table as the last confirm printed it (its ``--top`` trials, its ``--seeds``
+    runs each), read back from the study; None when no trial has confirm runs. A confirm that
+    was stopped before it recorded a winner has rows and no winner."""
+    doc = study_attr(study, CONFIRMED_ATTR, dict)
+    # as the database has them now: confirm writes a finished trial's attributes past Optuna
+    fresh = {
+        t.number: t
+        for t in fresh_trials(study)
+        if CONFIRM_RUNS in t.user_attrs or CONFIRM_VAL_MEAN in t.user_attrs
+    }
+    confirmed = [fresh[t.number] for t in ranked(study) if t.number in fresh]
+    if not confirmed:
+        return None
+    top, last = (doc or {}).get("top"), (doc or {}).get("seeds")
+    won = (doc or {}).get("trial")
+    if isinstance(top, int) and not isinstance(top, bool) and top > 0:
+        # an earlier, larger --top left runs on trials this confirm did not compare
+        confirmed = [t for i, t in enumerate(confirmed) if i < top or t.number == won]
+    if isinstance(last, int) and not isinstance(last, bool) and last > 0:
+        seeds = last
+    else:  # no winner recorded yet: every run counts
+        seeds = max(1, *(len(trial_attr(t, CONFIRM_RUNS, list) or []) for t in confirmed))
+    rows = confirm_rows(study, confirmed, seeds)
+    winner = next((r for r in rows if doc is not None and r.trial.number == won), None)
+    return Recorded(rows, winner, doc, seeds)
