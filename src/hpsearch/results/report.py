@@ -1,4 +1,6 @@
-"""A study as PNG plots (Optuna's matplotlib visualisations) and a markdown summary linking them."""
+"""A study as PNG plots (Optuna's matplotlib visualisations) and a markdown summary linking them,
+opening with what the search was for: the gain over the seed CNN and confirm's winner (see
+:mod:`hpsearch.results.story`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,15 @@ from optuna.trial import TrialState
 from hpsearch.errors import HpsearchError, first_line
 from hpsearch.files import atomic_write
 from hpsearch.results.read import ranked
+from hpsearch.results.story import (
+    Story,
+    confirm_section,
+    first_lines,
+    history_caption,
+    mark_history,
+    story_of,
+    trial_mark,
+)
 from hpsearch.storage.state import EPOCHS_RUN_ATTR
 from hpsearch.storage.study import objectives_of
 
@@ -57,6 +68,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
         raise HpsearchError(f"--output {out_dir}: cannot create: {e.strerror or e}") from None
     completed = ranked(study)
     trials = study.get_trials(deepcopy=False)
+    story = story_of(study, trials)
     written: list[Path] = []
     shown: list[tuple[str, str, str]] = []
     notes: list[str] = []
@@ -88,6 +100,8 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
                     if two:  # plot the first objective, accuracy
                         extra["target"] = _accuracy
                 ax = _plotters()[key](study, **extra)
+                if key == "optimization_history":
+                    mark_history(ax, story)
             fig = _figure(ax)
             fig.set_size_inches(11 if key == "parallel_coordinate" else 8, 5)
             _save(fig, path)
@@ -97,9 +111,11 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
             plt.close("all")
             continue
         written.append(path)
+        if key == "optimization_history":
+            what += history_caption(story)
         shown.append((path.name, title, what))
     summary = out_dir / "summary.md"
-    _atomic_text(summary, _summary(study, trials, completed, shown, notes))
+    _atomic_text(summary, _summary(study, trials, completed, story, shown, notes))
     written.append(summary)
     return written
 
@@ -151,6 +167,7 @@ def _summary(
     study: optuna.Study,
     trials: list[optuna.trial.FrozenTrial],
     completed: list[optuna.trial.FrozenTrial],
+    story: Story,
     shown: list[tuple[str, str, str]],
     notes: list[str],
 ) -> str:
@@ -159,15 +176,19 @@ def _summary(
         f"{states.get(s, 0)} {s.name.lower()}"
         for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     )
-    lines = [f"# Study `{study.study_name}`", "", f"{len(trials)} trials: {counts}.", ""]
-    if completed:
-        best = completed[0]
+    best = completed[0] if completed else None
+    lines = [f"# Study `{study.study_name}`", "", *first_lines(story, best)]
+    lines += [f"{len(trials)} trials: {counts}.", "", *confirm_section(story)]
+    if best is not None:
+        chosen, whose = best, "the best trial"
+        if story.winner is not None:
+            chosen, whose = story.winner.trial, "the confirmed winner"
         lines += [
-            f"Best: validation accuracy **{best.values[0]:.4f}** in trial {best.number}.",
+            f"Parameters of trial {chosen.number} ({whose}):",
             "",
             "| parameter | value |",
             "|---|---|",
-            *(f"| `{k}` | {v} |" for k, v in best.params.items()),
+            *(f"| `{k}` | {v} |" for k, v in chosen.params.items()),
             "",
             "Top trials:",
             "",
@@ -177,8 +198,8 @@ def _summary(
         for t in completed[:10]:
             secs = t.duration.total_seconds() if t.duration else float("nan")
             lines.append(
-                f"| {t.number} | {t.values[0]:.4f} | {t.user_attrs.get(EPOCHS_RUN_ATTR, '')} "
-                f"| {secs:.1f} |"
+                f"| {t.number}{trial_mark(story, t)} | {t.values[0]:.4f} "
+                f"| {t.user_attrs.get(EPOCHS_RUN_ATTR, '')} | {secs:.1f} |"
             )
         lines.append("")
     else:

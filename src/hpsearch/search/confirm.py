@@ -15,17 +15,17 @@ Several workers (``--workers``, ``--gpus``) take jobs one at a time: a job is cl
 study's ``confirm_claims`` attribute under the claim lock, and released when its run is recorded
 or its worker is stopped.
 
-This module is the command and the result (the winner, the table); the jobs and their claims
-are :mod:`hpsearch.search.confirm_jobs`, a worker's training :mod:`hpsearch.search.confirm_runs`
-(imported once everything the command checks has passed, so a mistake is one quick line).
+This module is the command and the winner's record; the rows, the winner's pick and the table
+are :mod:`hpsearch.results.confirmed` (``hpsearch report`` prints the same table), the jobs and
+their claims :mod:`hpsearch.search.confirm_jobs`, a worker's training
+:mod:`hpsearch.search.confirm_runs` (imported once everything the command checks has passed, so
+a mistake is one quick line).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,20 @@ from hpsearch.config import StudyConfig
 from hpsearch.engine.images import list_split
 from hpsearch.errors import DataError, HpsearchError, StorageError
 from hpsearch.files import what_is
+from hpsearch.results.confirmed import (
+    ALL_RUNS,
+    Row,
+    confirm_rows,
+    pick_winner,
+    spread_note,
+    table,
+)
 from hpsearch.search.confirm_jobs import (
     TestSet,
     check_setup,
     clear_job_claims,
     pending,
     plan,
-    summarize,
     trial_config,
 )
 from hpsearch.storage.checkpoint import remove_artifact
@@ -59,8 +66,6 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
     fresh_trials,
-    read_attrs,
-    trial_attr,
     winner_checkpoint,
 )
 
@@ -108,45 +113,6 @@ def train_classes(cfg: StudyConfig) -> tuple[str, ...]:
 # --- the result --------------------------------------------------------------------------------
 
 
-ALL_RUNS = "all_runs"  # in a Row: every recorded run, when CONFIRM_RUNS holds only the counted
-
-
-@dataclass(frozen=True)
-class Row:
-    trial: FrozenTrial
-    attrs: dict[str, Any]
-
-    @property
-    def mean(self) -> float | None:
-        v = self.attrs.get(CONFIRM_VAL_MEAN)
-        return float(v) if v is not None else None
-
-
-def results(study: optuna.Study, top: Sequence[FrozenTrial], seeds: int) -> list[Row]:
-    """Each trial's confirm runs and their means, over its first ``seeds`` runs: runs an earlier,
-    larger ``--seeds`` left (a stopped ``--seeds 1000``) are kept in the study but do not count
-    towards this one's table and winner."""
-    keys = [CONFIRM_RUNS, CONFIRM_VAL_MEAN, CONFIRM_VAL_STD, CONFIRM_N, CONFIRM_TEST_MEAN]
-    keys += [CONFIRM_TEST_STD, CONFIRM_TEST_N, CONFIRM_TEST_DATA, CONFIRM_CHECKPOINT]
-    rows = []
-    for t in top:
-        a = read_attrs(study, t, keys)
-        runs = [r for r in trial_attr(t, CONFIRM_RUNS, list, a) or [] if isinstance(r, dict)]
-        counted = [r for r in runs if isinstance(r.get("run"), int) and r["run"] < seeds]
-        if len(counted) < len(runs):
-            a = {**a, **summarize(counted), ALL_RUNS: runs, CONFIRM_RUNS: counted}
-        rows.append(Row(t, a))
-    return rows
-
-
-def pick_winner(rows: Sequence[Row]) -> Row | None:
-    """The highest confirmed mean; on a tie, the better search value (the order of ``rows``)."""
-    scored = [(r.mean, -i, r) for i, r in enumerate(rows) if r.mean is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda x: (x[0], x[1]))[2]
-
-
 def record_winner(
     study: optuna.Study, winner: Row, top: int, seeds: int, store: Path
 ) -> dict[str, Any]:
@@ -177,52 +143,6 @@ def record_winner(
         if before not in in_use:
             remove_artifact(store, before)
     return doc
-
-
-def table(rows: Sequence[Row], winner: Row | None, seeds: int) -> str:
-    """The end-of-confirm table, one row per trial, best search value first."""
-    has_test = any(r.attrs.get(CONFIRM_TEST_MEAN) is not None for r in rows)
-    head = f"{'trial':>5}  {'search val':>10}  {'confirmed val (mean ± std)':>26}  {'runs':>5}"
-    if has_test:
-        head += f"  {'test (mean ± std)':>17}"
-    lines = [head]
-    for r in rows:
-        a = r.attrs
-
-        def pm(mean: Any, std: Any) -> str:
-            return "-" if mean is None else f"{float(mean):.4f} ± {float(std or 0.0):.4f}"
-
-        runs = [x for x in a.get(CONFIRM_RUNS) or [] if isinstance(x, dict)]
-        diverged = sum(1 for x in runs if x.get("val_accuracy") is None)
-        line = (
-            f"{r.trial.number:>5}  {r.trial.values[0] if r.trial.values else 0.0:>10.4f}  "
-            f"{pm(a.get(CONFIRM_VAL_MEAN), a.get(CONFIRM_VAL_STD)):>26}  "
-            f"{f'{len(runs)}/{seeds}':>5}"
-        )
-        if has_test:
-            line += f"  {pm(a.get(CONFIRM_TEST_MEAN), a.get(CONFIRM_TEST_STD)):>17}"
-        if diverged:
-            line += f"  ({diverged} diverged)"
-        if winner is not None and r.trial.number == winner.trial.number:
-            line += "  <- winner"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def spread_note(rows: Sequence[Row]) -> str | None:
-    """A note when the winner's lead is within the noise (less than one std of either)."""
-    ranked = sorted((r for r in rows if r.mean is not None), key=lambda r: -(r.mean or 0.0))
-    if len(ranked) < 2:
-        return None
-    a, b = ranked[0], ranked[1]
-    gap = (a.mean or 0.0) - (b.mean or 0.0)
-    noise = max(float(a.attrs.get(CONFIRM_VAL_STD) or 0), float(b.attrs.get(CONFIRM_VAL_STD) or 0))
-    if math.isfinite(gap) and gap < noise:
-        return (
-            f"note: trial {a.trial.number} leads trial {b.trial.number} by {gap:.4f}, less than "
-            f"one standard deviation ({noise:.4f}); more --seeds would tell them apart"
-        )
-    return None
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -329,7 +249,7 @@ def cmd_confirm(args: Any) -> int:
                 if code != 0:
                     how = f"signal {-code}" if code < 0 else f"exit code {code}"
                     _say(f"[w{slot.index}] ended with {how}")
-    rows = results(study, top, args.seeds)
+    rows = confirm_rows(study, top, args.seeds)
     missing = pending(study, jobs)
     winner = pick_winner(rows)
     _say(table(rows, winner, args.seeds))

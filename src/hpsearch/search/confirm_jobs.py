@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,7 @@ from hpsearch.storage.claims import (
 from hpsearch.storage.state import (
     CLAIMS_ATTR,
     CONFIG_ATTR,
-    CONFIRM_N,
     CONFIRM_RUNS,
-    CONFIRM_TEST_DATA,
-    CONFIRM_TEST_MEAN,
-    CONFIRM_TEST_N,
-    CONFIRM_TEST_STD,
-    CONFIRM_VAL_MEAN,
-    CONFIRM_VAL_STD,
     SEED_ATTR,
     read_attrs,
     trial_attr,
@@ -139,28 +131,6 @@ def plan(top: Sequence[FrozenTrial], configs: Mapping[int, StudyConfig], seeds: 
         for run in range(seeds)
         for t in top
     ]
-
-
-def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The aggregate attributes of a trial's runs (a diverged run has no accuracy and is left
-    out of the means)."""
-    val = [float(r["val_accuracy"]) for r in runs if r.get("val_accuracy") is not None]
-    tested = [r for r in runs if r.get("test_accuracy") is not None]
-    test_dir = tested[-1].get("test_data") if tested else None  # the latest --data
-    test = [float(r["test_accuracy"]) for r in tested if r.get("test_data") == test_dir]
-
-    def std(xs: list[float]) -> float:
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-    return {
-        CONFIRM_N: len(val),
-        CONFIRM_VAL_MEAN: statistics.fmean(val) if val else None,
-        CONFIRM_VAL_STD: std(val) if val else None,
-        CONFIRM_TEST_MEAN: statistics.fmean(test) if test else None,
-        CONFIRM_TEST_STD: std(test) if test else None,
-        CONFIRM_TEST_N: len(test),
-        CONFIRM_TEST_DATA: test_dir,
-    }
 
 
 def clear_job_claims(study: optuna.Study) -> None:

@@ -20,8 +20,9 @@ from hpsearch.engine.devices import training_device
 from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit
 from hpsearch.errors import HpsearchError, first_line
+from hpsearch.results.confirmed import summarize
 from hpsearch.results.timing import duration
-from hpsearch.search.confirm_jobs import Job, TestSet, claim, pending, release, setup, summarize
+from hpsearch.search.confirm_jobs import Job, TestSet, claim, pending, release, setup
 from hpsearch.space import params_source, sample_values, to_trial_spec
 from hpsearch.storage import optuna_private
 from hpsearch.storage.checkpoint import (
