@@ -5,10 +5,12 @@ PostgreSQL, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
 import statistics
+import time
 import urllib.request
 from pathlib import Path
 
@@ -199,6 +201,61 @@ def test_confirm_resumes_after_ctrl_c(fresh: Path) -> None:
     # the same trials with other settings would mix two setups in one mean
     r = hpsearch(argv("confirm --study smoke --top 2 --seeds 3"), fresh)
     one_line_error(r, "has confirm runs with another setup (epochs 4 then, 2 now)")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_confirm_stops_at_its_deadline_and_resumes(fresh: Path, workers: int) -> None:
+    """confirm --timeout: the runs going at the deadline finish and are recorded, none starts
+    after it, no winner is recorded, and the same command resumes. Each worker is frozen
+    (SIGSTOP) after its first run's first epoch until the deadline has passed, so that the
+    deadline falls inside those runs however fast the machine is."""
+    args = argv(f"confirm --study smoke --top 2 --seeds 2 --set train.epochs=4 --workers {workers}")
+    proc = popen([*args, "--timeout", "15s"], fresh)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    pids = [proc.pid] if workers == 1 else []
+    frozen: set[str] = set()
+    deadline = None
+    for line in proc.stdout:
+        seen.append(line)
+        # the deadline was set before the first line: it is before this
+        deadline = deadline or time.time() + 15
+        m = re.match(r"\[w\d\] started pid (\d+)", line)
+        if m:
+            pids.append(int(m[1]))
+        if "epoch 1/4" in line and "run 1 (seed" in line:
+            who = line.split()[0] if workers > 1 else "here"
+            if who not in frozen:
+                os.kill(pids[int(who[2:-1])] if workers > 1 else proc.pid, signal.SIGSTOP)
+                frozen.add(who)
+        if len(frozen) == workers:
+            break
+    assert deadline is not None and len(frozen) == workers, "".join(seen)
+    while time.time() < deadline + 0.5:
+        time.sleep(0.1)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(seen) + rest
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "deadline passed: no new confirm run starts" in text
+    assert (
+        "deadline reached after " in text
+        and f": {workers} of 4 confirm runs recorded, {4 - workers} not started, so no winner "
+        "is recorded yet; run the same command again to resume"
+        in text
+    ), text
+    study = study_of(fresh)
+    recorded = [len(t.user_attrs.get("confirm_runs", [])) for t in study.trials]
+    assert sum(recorded) == workers  # the runs going at the deadline, each recorded once
+    assert study.user_attrs["confirm_claims"] == {}
+    assert "confirmed" not in study.user_attrs
+
+    r = hpsearch(args, fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{workers} of 4 runs recorded already" in r.stdout
+    assert r.stdout.count("finished: val_acc") == 4 - workers
+    assert "confirmed" in study_of(fresh).user_attrs
 
 
 def test_a_stopped_confirm_keeps_the_recorded_winners_checkpoint(fresh: Path) -> None:

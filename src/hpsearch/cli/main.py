@@ -25,6 +25,7 @@ from hpsearch.cli.results import (
     storage_args,
 )
 from hpsearch.cli.serve import add_serve_command
+from hpsearch.cli.timeout import add_timeout_args, deadline_of
 from hpsearch.errors import HpsearchError
 from hpsearch.search import stopping
 from hpsearch.search.stopping import Terminated
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent trials (worker processes) per GPU (default: measured, see "
         "docs/workers-and-gpus.md)",
     )
+    add_timeout_args(
+        run, "no trial starts after it, and the unstarted trials are taken off the budget"
+    )
     run.set_defaults(func=cmd_run)
 
     worker = sub.add_parser(
@@ -156,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on GPU N, numbered as this process sees them (after CUDA_VISIBLE_DEVICES); "
         "default: train.device (auto: GPU 0)",
     )
+    add_timeout_args(worker, "this worker starts no trial after it (the budget stays the study's)")
     worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser(
@@ -240,14 +245,16 @@ def _confirm_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="K",
         help="worker processes per GPU (default: 1)",
     )
+    add_timeout_args(confirm, "no confirm run starts after it (the same command later resumes)")
     confirm.add_argument("--worker-trials", default=None, help=argparse.SUPPRESS)
     confirm.set_defaults(func=_cmd_confirm)
 
 
 def _cmd_confirm(args: argparse.Namespace) -> int:
+    deadline = deadline_of(args)
     from hpsearch.search.confirm import cmd_confirm
 
-    return cmd_confirm(args)
+    return cmd_confirm(args, deadline)
 
 
 def _say(line: str) -> None:
@@ -255,6 +262,7 @@ def _say(line: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    deadline = deadline_of(args)  # from now: before the data is read or a GPU probed
     from hpsearch.search.run import RunOptions, run_search
 
     opts = RunOptions(
@@ -272,6 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trials_per_gpu=args.trials_per_gpu,
         allow_other_study_file=args.allow_other_study_file,
         command=args.command_line,
+        deadline=deadline,
     )
     summary = run_search(opts, _say)
     return _print_summary(summary)
@@ -279,12 +288,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: RunSummary) -> int:
     """Print what the run did; exit code 0 when its share of the budget (or the grid) is done."""
+    from hpsearch.results.timing import duration
     from hpsearch.storage.secrets import mask_url
     from hpsearch.storage.urls import storage_url
 
     for index, code in summary.worker_exits:
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         print(f"[w{index}] ended with {how}", file=sys.stderr)
+    if summary.deadline_reached:
+        back = summary.given_back
+        print(
+            f"deadline reached after {duration(summary.seconds)}: {summary.finished_here} of "
+            f"the {summary.trials} trials finished; {back} unstarted "
+            f"trial{'' if back == 1 else 's'} given back"
+        )
     print(
         f"done: {summary.finished_here} trial{'' if summary.finished_here == 1 else 's'} "
         "finished in this run; the study has "
@@ -319,6 +336,7 @@ def _digits(name: str) -> int | None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    deadline = deadline_of(args)
     from hpsearch.search.run import JoinOptions, join_search
 
     opts = JoinOptions(
@@ -336,6 +354,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         threads=_digits("HPSEARCH_THREADS") or None,
         run_id=os.environ.get("HPSEARCH_RUN_ID"),
         gpu=args.gpu,
+        deadline=deadline,
     )
     join_search(opts, _say)
     return 0

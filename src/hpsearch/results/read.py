@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, StorageError
 from hpsearch.files import atomic_write
-from hpsearch.results.timing import duration, mean_trial_seconds, search_seconds, time_left
+from hpsearch.results.timing import (
+    duration,
+    mean_trial_seconds,
+    search_seconds,
+    time_left,
+    until,
+    utc_clock,
+)
 from hpsearch.storage.artifacts import AtomicArtifactStore, CheckpointError, checkpoint_path
 from hpsearch.storage.compat import check_objective
+from hpsearch.storage.deadlines import run_deadlines
 from hpsearch.storage.existing import require_studies
 from hpsearch.storage.secrets import mask_url
 from hpsearch.storage.state import (
@@ -36,6 +45,7 @@ from hpsearch.storage.state import (
     CONFIRM_VAL_STD,
     CONFIRMED_ATTR,
     FINISHED,
+    RUN_ATTR,
     study_attr,
     target,
     trial_attr,
@@ -214,17 +224,41 @@ def status_text(study: optuna.Study, url: str) -> str:
             f"trials, / {workers} worker{'s' if workers != 1 else ''}"
             + (" running now)" if running else ")")
         )
+        now = time.time()
+        soonest = min((at for at in run_deadlines(study).values() if at > now), default=None)
+        if soonest is not None and time_left(left, per_trial, workers) > soonest - now:
+            time_line += f", but a run's deadline stops it {until(soonest, now)}"
     lines.append(time_line)
     confirmed = study_attr(study, CONFIRMED_ATTR, dict)
     if confirmed is not None:
         lines.append("confirmed: " + confirmed_summary(confirmed))
+    deadline = deadline_text(study, trials)
     if goal is None:
         lines.append("budget: none set (start the search with hpsearch run)")
     elif left is not None and left <= 0:
         lines.append(f"budget: {len(finished)} of {goal} trials finished; done")
     else:
-        lines.append(f"budget: {len(finished)} of {goal} trials finished; {left} left")
+        lines.append(f"budget: {len(finished)} of {goal} trials finished; {left} left{deadline}")
     return "\n".join(lines)
+
+
+def deadline_text(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    """``; deadline 21:30:00 UTC (in 42 min)`` for each run going with a ``--timeout``, or
+    ``...(passed 2 min ago: its running trials finish, none starts)`` while the trials of a run
+    past its deadline still run; a run past its deadline with none running has ended (or was
+    killed), and its deadline no longer says anything."""
+    now = time.time()
+    running = {t.user_attrs.get(RUN_ATTR) for t in trials if t.state == TrialState.RUNNING}
+    parts = []
+    for run, at in sorted(run_deadlines(study).items(), key=lambda x: x[1]):
+        if at > now:
+            parts.append(f"deadline {utc_clock(at, now)} ({until(at, now)})")
+        elif run in running:
+            parts.append(
+                f"deadline {utc_clock(at, now)} ({until(at, now)}: its running trials finish, "
+                "none starts)"
+            )
+    return "".join(f"; {p}" for p in parts)
 
 
 def confirm_doc(t: FrozenTrial) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -60,3 +60,38 @@ def search_seconds(trials: Sequence[FrozenTrial], now: datetime | None = None) -
 def time_left(trials_left: int, per_trial: float, workers: int) -> float:
     """Seconds for ``trials_left`` more trials of ``per_trial`` seconds on ``workers`` workers."""
     return max(trials_left, 0) * per_trial / max(workers, 1)
+
+
+# --- a deadline (``--timeout``): seconds since the epoch, shown in UTC ------------------------
+
+
+def utc_clock(at: float, now: float) -> str:
+    """``21:30:00 UTC``, with the date when it is not ``now``'s (UTC) day."""
+    when, today = datetime.fromtimestamp(at, UTC), datetime.fromtimestamp(now, UTC)
+    fmt = "%H:%M:%S UTC" if when.date() == today.date() else "%Y-%m-%d %H:%M:%S UTC"
+    return when.strftime(fmt)
+
+
+def until(at: float, now: float) -> str:
+    """``in 42 s`` / ``in 7.5 min``, or ``passed 3 s ago`` once ``now`` is past ``at``."""
+    return f"in {duration(at - now)}" if at > now else f"passed {duration(now - at)} ago"
+
+
+def spent_and_left(
+    spent: float, left: float | None, deadline: float | None, now: float, work: str = "trial"
+) -> str:
+    """What a progress line says of time: ``spent`` seconds, the estimate ``left`` (None: none
+    yet) and the ``deadline`` (seconds since the epoch; ``now`` too), after which no new ``work``
+    starts. An estimate that runs past the deadline is not called the time left: the work stops
+    at the deadline."""
+    text = duration(spent)
+    if deadline is None:
+        return text if left is None else f"{text}, ~{duration(left)} left"
+    to_go = deadline - now
+    if to_go <= 0:
+        return f"{text}, deadline passed: no new {work} starts"
+    if left is None:
+        return f"{text}, deadline in {duration(to_go)}"
+    if left <= to_go:
+        return f"{text}, ~{duration(left)} left, deadline in {duration(to_go)}"
+    return f"{text}, deadline in {duration(to_go)} (the rest needs ~{duration(left)})"

@@ -13,7 +13,9 @@ attribute names the winner (the highest mean) and its checkpoint.
 
 Several workers (``--workers``, ``--gpus``) take jobs one at a time: a job is claimed in the
 study's ``confirm_claims`` attribute under the claim lock, and released when its run is recorded
-or its worker is stopped.
+or its worker is stopped. With ``--timeout`` no job starts after the deadline (the launched
+workers get the same moment, ``--deadline``); the runs going then finish and are recorded, and
+the same command later resumes with the rest.
 
 This module is the command and the winner's record; the rows, the winner's pick and the table
 are :mod:`hpsearch.results.confirmed` (``hpsearch report`` prints the same table), the jobs and
@@ -25,6 +27,8 @@ a mistake is one quick line).
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,8 +152,10 @@ def record_winner(
 # --- the command -------------------------------------------------------------------------------
 
 
-def cmd_confirm(args: Any) -> int:
-    """``hpsearch confirm``: see the module docstring. ``args`` is the parsed command line."""
+def cmd_confirm(args: Any, deadline: float | None = None) -> int:
+    """``hpsearch confirm``: see the module docstring. ``args`` is the parsed command line;
+    ``deadline`` (seconds since the epoch) what its ``--timeout`` or ``--deadline`` asks."""
+    started = time.time()
     from hpsearch.config import load_study, parse_set
     from hpsearch.results.read import open_existing, pick_trial, ranked, study_name
     from hpsearch.search.launcher import launch, plan_slots
@@ -206,7 +212,8 @@ def cmd_confirm(args: Any) -> int:
         if threads and threads.isdigit():
             torch.set_num_threads(int(threads))
         workers = os.environ.get("HPSEARCH_WORKERS", "1")
-        Worker(study, jobs, store, test, _say, int(workers) if workers.isdigit() else 1).work()
+        n = int(workers) if workers.isdigit() else 1
+        Worker(study, jobs, store, test, _say, n, deadline).work()
         return 0
 
     check_setup(study, jobs)
@@ -221,12 +228,20 @@ def cmd_confirm(args: Any) -> int:
         f"{'/'.join(map(str, epochs))} epochs each; {len(jobs) - len(todo)} of {len(jobs)} runs "
         "recorded already" + (f"; test accuracy on {test.path}" if test is not None else "")
     )
+    if deadline is not None and todo:
+        from hpsearch.results.timing import until, utc_clock
+
+        now = time.time()
+        _say(
+            f"deadline {utc_clock(deadline, now)} ({until(deadline, now)}): no confirm run "
+            "starts after it"
+        )
     if todo:
         clear_job_claims(study)
         device = configs[top[0].number].train.device
         slots = plan_slots(args.workers, args.gpus, args.trials_per_gpu, device=device)
         if len(slots) == 1 and (slots[0].gpu is None or args.gpus is None):
-            Worker(study, jobs, store, test, _say).work()
+            Worker(study, jobs, store, test, _say, deadline=deadline).work()
         else:
             child = [
                 "--study",
@@ -244,6 +259,10 @@ def cmd_confirm(args: Any) -> int:
                 child += ["--data", str(test.path)]
             for item in args.overrides:
                 child += ["--set", item]
+            if deadline is not None:  # the same moment for every worker, however late
+                from hpsearch.storage.deadlines import iso_utc
+
+                child += ["--deadline", iso_utc(deadline)]
             codes = launch(slots, child, url, command="confirm")
             for slot, code in zip(slots, codes, strict=True):
                 if code != 0:
@@ -253,6 +272,17 @@ def cmd_confirm(args: Any) -> int:
     missing = pending(study, jobs)
     winner = pick_winner(rows)
     _say(table(rows, winner, args.seeds))
+    if missing and deadline is not None and time.time() >= deadline:
+        from hpsearch.results.timing import duration
+
+        recorded = len(jobs) - len(missing)
+        print(
+            f"hpsearch: deadline reached after {duration(time.time() - started)}: {recorded} of "
+            f"{len(jobs)} confirm runs recorded, {len(missing)} not started, so no winner is "
+            "recorded yet; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     if missing:
         raise HpsearchError(
             f"{len(missing)} of {len(jobs)} confirm runs did not finish; run the same command "

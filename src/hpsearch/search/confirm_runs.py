@@ -1,6 +1,7 @@
 """One ``hpsearch confirm`` worker: claim a job, train it with its seed, evaluate it, and record
 the run in its trial's attributes as soon as it ends (keeping the model if it is the trial's best
-run so far), until no job is left.
+run so far), until no job is left or its deadline (``confirm --timeout``) has passed: a run
+going at the deadline finishes, none starts after it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hpsearch.engine.spec import DataConfig
 from hpsearch.engine.train import EpochMetrics, NonFiniteLoss, fit
 from hpsearch.errors import HpsearchError, first_line
 from hpsearch.results.confirmed import summarize
-from hpsearch.results.timing import duration
+from hpsearch.results.timing import spent_and_left
 from hpsearch.search.confirm_jobs import Job, TestSet, claim, pending, release, setup
 from hpsearch.space import params_source, sample_values, to_trial_spec
 from hpsearch.storage import optuna_private
@@ -55,6 +56,7 @@ class Worker:
         test: TestSet | None,
         say: Callable[[str], None],
         workers: int = 1,
+        deadline: float | None = None,
     ) -> None:
         self.study = study
         self.jobs = list(jobs)
@@ -62,6 +64,7 @@ class Worker:
         self.test = test
         self.say = say
         self.workers = workers
+        self.deadline = deadline  # seconds since the epoch: no job is claimed after it
         self.lock = claim_lock(optuna_private.storage_of(study), f"{study.study_name}:confirm")
         self.data: dict[tuple[DataConfig, str], DeviceData] = {}
         self.started = time.monotonic()
@@ -77,9 +80,12 @@ class Worker:
         return self.data[key]
 
     def work(self) -> int:
-        """Run jobs until none is left; returns how many this worker ran."""
+        """Run jobs until none is left or the deadline has passed; returns how many this worker
+        ran."""
         ran = 0
         while True:
+            if self.deadline is not None and time.time() >= self.deadline:
+                return ran
             job, recorded = claim(self.study, self.jobs, self.lock)
             if job is None:
                 return ran
@@ -91,12 +97,12 @@ class Worker:
 
     def _head(self, recorded: int) -> str:
         spent = time.monotonic() - self.started
-        text = f"[confirm {recorded}/{len(self.jobs)} done | {duration(spent)}"
+        left = None
         if self.run_seconds and recorded < len(self.jobs):
             mean = statistics.fmean(self.run_seconds)
             left = max(len(self.jobs) - recorded, 0) * mean / max(self.workers, 1)
-            text += f", ~{duration(left)} left"
-        return text + "]"
+        times = spent_and_left(spent, left, self.deadline, time.time(), "confirm run")
+        return f"[confirm {recorded}/{len(self.jobs)} done | {times}]"
 
     def _run(self, job: Job, recorded: int) -> None:
         t, cfg = job.trial, job.cfg

@@ -1,5 +1,5 @@
 """What the terminal shows while a search runs: one line per epoch and per finished trial, with
-the time spent and an estimate of the time left for the budget."""
+the time spent, an estimate of the time left for the budget, and the deadline (``--timeout``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.results.timing import duration, mean_trial_seconds, time_left
+from hpsearch.results.timing import (
+    duration,
+    mean_trial_seconds,
+    spent_and_left,
+    time_left,
+    utc_clock,
+)
 from hpsearch.storage.state import (
     BASELINE_ATTR,
     FAIL_REASON_ATTR,
@@ -85,6 +91,7 @@ class Progress:
         *,
         workers: int = 1,
         size: RunSize | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.total = total
         self.offset = offset  # finished trials in the study before this run
@@ -99,6 +106,7 @@ class Progress:
         self.warned = False
         self._trial: tuple[int, float] = (-1, 0.0)  # (trial number, its epoch seconds so far)
         self.stale_after: float | None = None  # seconds of silence after which a trial fails
+        self.deadline = deadline  # --timeout: seconds since the epoch
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -108,11 +116,10 @@ class Progress:
 
     def _time(self) -> str:
         now = time.monotonic()
-        spent = duration(now - self.started)
-        if self.left is None or self.done >= self.total:
-            return spent
-        left = max(self.left[0] - (now - self.left[1]), 0.0)
-        return f"{spent}, ~{duration(left)} left"
+        left = None
+        if self.left is not None and self.done < self.total:
+            left = max(self.left[0] - (now - self.left[1]), 0.0)
+        return spent_and_left(now - self.started, left, self.deadline, time.time())
 
     def _head(self) -> str:
         return f"[{self.done}/{self.total} done | {self._best()} | {self._time()}]"
@@ -217,6 +224,16 @@ class Progress:
             f"{self._head()} waiting for {', '.join(parts)}, which "
             f"{'cover' if len(parts) > 1 else 'covers'} the rest of the budget; "
             f"a trial silent for {silent} is failed and run again"
+        )
+
+    def held(self, runs: dict[str, float]) -> None:
+        """This worker waits: a run is past the deadline it recorded and still finishing (see
+        ``hpsearch.storage.deadlines``)."""
+        now = time.time()
+        when = ", ".join(sorted(utc_clock(at, now) for at in runs.values()))
+        self._say(
+            f"{self._head()} waiting: the deadline of a run on this study ({when}) has passed; "
+            "no trial starts until that run has ended and given back its unstarted trials"
         )
 
     def requeued(self, trials: list[FrozenTrial]) -> None:

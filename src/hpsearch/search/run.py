@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,7 @@ class RunOptions:
     trials_per_gpu: int | None = None  # default: measured on the first GPU
     allow_other_study_file: bool = False
     command: str = ""  # the command line, recorded on each trial (passwords masked there)
+    deadline: float | None = None  # --timeout: no trial starts after it (seconds since the epoch)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class JoinOptions:
     threads: int | None = None  # torch threads
     run_id: str | None = None  # the run whose share it works for
     gpu: int | None = None  # worker --gpu: the GPU (as this process numbers them) to train on
+    deadline: float | None = None  # --timeout (or its run's): no trial starts after it
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class RunSummary:
     goal: int  # finished trials this run answers for
     done: bool  # the goal is reached (or the grid has no point left)
     worker_exits: tuple[tuple[int, int], ...] = ()  # (worker index, exit code) of failed workers
+    trials: int = 0  # the trials the run added (--trials)
+    deadline_reached: bool = False  # it ended at its deadline (--timeout) with trials unstarted
+    given_back: int = 0  # trials of its share taken back when it ended (none started)
+    seconds: float = 0.0  # how long it ran
 
 
 def load(study: str, overrides: tuple[str, ...], extra: tuple[Override, ...] = ()) -> StudyConfig:
@@ -130,6 +137,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     CPU-only machine with one worker, else in worker processes (``hpsearch worker``)."""
     if opts.trials < 1:
         raise ConfigError(f"--trials: must be at least 1, got {opts.trials}")
+    started = time.time()
     cfg = load(opts.study, opts.overrides)
     # --pruner percentile with --set 'search.pruner={name: percentile, percentile: 40}' keeps
     # those options: only a sampler or pruner other than the file's (after --set) replaces it
@@ -141,6 +149,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
     if extra:
         cfg = load(opts.study, opts.overrides, extra)
 
+    from hpsearch.storage.deadlines import iso_utc
     from hpsearch.storage.secrets import mask_url
     from hpsearch.storage.study import check_before_opening, open_for_run
     from hpsearch.storage.urls import artifacts_dir, storage_url
@@ -172,6 +181,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         opts.trials,
         heartbeat=opts.heartbeat,
         allow_other_file=opts.allow_other_study_file,
+        deadline=opts.deadline,
     )
     study, share = opened.study, opened.share
     exits: list[tuple[int, int]] = []
@@ -182,6 +192,8 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
             f"running {opts.trials} more "
             f"(sampler {s.sampler.name}, pruner {s.pruner.name}, up to {cfg.train.epochs} epochs)"
         )
+        if opts.deadline is not None:
+            say(_deadline_line(opts.deadline, "no trial starts after it"))
         if share.others:
             say(
                 f"another hpsearch run is working on this study; the workers of both work "
@@ -207,6 +219,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 share.run_id,
                 command=opts.command,
                 say=say,
+                deadline=opts.deadline,
             )
         else:
             worker_args = [
@@ -221,6 +234,8 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
             ]
             if opts.allow_other_study_file:
                 worker_args.append("--allow-other-study-file")
+            if opts.deadline is not None:  # the same moment for every worker, however late
+                worker_args += ["--deadline", iso_utc(opts.deadline)]
             for o in [*opts.overrides, *(f"{e.key}={e.value}" for e in extra)]:
                 worker_args += ["--set", o]
             codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
@@ -228,13 +243,35 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 (slot.index, code) for slot, code in zip(slots, codes, strict=True) if code != 0
             ]
     finally:
-        opened.close()  # what is left of this run's share goes back (none once it is done)
-    return _summary(cfg, study, share, url, tuple(exits))
+        # what is left of this run's share goes back (none once it is done)
+        given_back = opened.close()
+    reached = opts.deadline is not None and time.time() >= opts.deadline and given_back > 0
+    summary = _summary(cfg, study, share, url, tuple(exits))
+    return replace(
+        summary,
+        # the deadline asked for ends it (even before any trial finished, when the study's
+        # target went back to 0), unless a worker failed
+        done=summary.done or (reached and not exits),
+        trials=opts.trials,
+        deadline_reached=reached,
+        given_back=given_back,
+        seconds=time.time() - started,
+    )
 
 
-def join_search(opts: JoinOptions, say: Say) -> None:
+def _deadline_line(deadline: float, what: str) -> str:
+    from hpsearch.results.timing import until, utc_clock
+
+    now = time.time()
+    return f"deadline {utc_clock(deadline, now)} ({until(deadline, now)}): {what}"
+
+
+def join_search(opts: JoinOptions, say: Say) -> str:
     """Join a study that ``hpsearch run`` made (waiting up to ``opts.wait`` seconds for it and
-    its budget to appear) and run trials until its budget is spent."""
+    its budget to appear) and run trials until its budget is spent or ``opts.deadline`` has
+    passed; returns why it stopped (see :func:`hpsearch.search.workers.run_until_budget`). A
+    worker's deadline stops this worker only: the budget stays the study's, for its other
+    workers (a run's deadline gives back the run's unstarted trials when the run ends)."""
     cfg = load(opts.study, opts.overrides)
 
     from hpsearch.storage.secrets import mask_url
@@ -261,6 +298,8 @@ def join_search(opts: JoinOptions, say: Say) -> None:
     device = device_for(cfg, opts.gpu)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")
+    if opts.deadline is not None and opts.run_id is None:  # a run's workers: the run says it
+        say(_deadline_line(opts.deadline, "this worker starts no trial after it"))
     from hpsearch.engine.devices import pinned, visible_gpus
 
     if device.type == "cuda" and not pinned() and opts.gpu is None:
@@ -271,7 +310,7 @@ def join_search(opts: JoinOptions, say: Say) -> None:
                 "--gpu N picks another"
             )
     store = artifacts_dir(url, opts.artifacts)
-    _work(
+    reason = _work(
         cfg,
         study,
         data,
@@ -284,7 +323,18 @@ def join_search(opts: JoinOptions, say: Say) -> None:
         say=say,
         workers=opts.workers,
         first=(opts.worker_id or 0) == 0,
+        deadline=opts.deadline,
     )
+    if reason == "deadline" and opts.run_id is None:
+        from hpsearch.storage.state import count_states, target
+
+        finished, running = count_states(study)
+        say(
+            f"deadline reached: this worker starts no new trial; the study has {finished} of "
+            f"{target(study)} trials finished ({running} running), the rest is left to its "
+            "other workers"
+        )
+    return reason
 
 
 def _work(
@@ -301,9 +351,11 @@ def _work(
     say: Say,
     workers: int = 1,
     first: bool = True,
-) -> None:
-    """Run this process's share of the budget, printing progress (``first``: the run's first
-    worker, which says the size of a trial; ``workers``: how many the run has)."""
+    deadline: float | None = None,
+) -> str:
+    """Run this process's share of the budget until it is spent or ``deadline`` has passed,
+    printing progress (``first``: the run's first worker, which says the size of a trial;
+    ``workers``: how many the run has); returns why it stopped."""
     from hpsearch.search.objective import (
         TrialOutOfMemory,
         make_keeper,
@@ -326,6 +378,7 @@ def _work(
         offset,
         workers=workers,
         size=size if first else None,  # one worker says it, not every one
+        deadline=deadline,
     )
     progress.seed_best(study)
     progress.seed_time(study)
@@ -346,9 +399,12 @@ def _work(
         on_requeue=progress.requeued,
         on_wait=progress.waiting,
         run_id=run_id,
+        deadline=deadline,
+        on_hold=progress.held,
     )
     if reason == "grid exhausted":
         say("the grid is exhausted: every point has a finished trial")
+    return reason
 
 
 def between_trials(device: torch.device) -> Callable[[Any, Any], None]:

@@ -12,6 +12,10 @@ A trial stopped by Ctrl-C or SIGTERM (FAIL with ``fail_reason`` "stopped by ..."
 too: the next worker to claim enqueues its parameters (and seed, and ``baseline`` mark) once, as a
 new trial with the user attribute ``rerun_of`` naming the stopped one, so that a search
 interrupted during the seed baseline still ends with a finished baseline.
+
+A deadline (``--timeout``) stops the claims: a worker past its own deadline claims nothing more and
+returns, and no worker claims while a run is past the deadline it recorded in the study and still
+finishing (see :mod:`hpsearch.storage.deadlines`). Trials running at a deadline finish.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import StorageError
 from hpsearch.storage import optuna_private
 from hpsearch.storage.claims import Lock
+from hpsearch.storage.deadlines import DeadlineHold
 from hpsearch.storage.resilience import ResilientRDBStorage
 from hpsearch.storage.state import (
     BASELINE_ATTR,
@@ -125,6 +130,9 @@ class Waiting(Protocol):
     def __call__(self, running: list[FrozenTrial], orphans: set[int]) -> None: ...
 
 
+Holding = Callable[[dict[str, float]], None]  # {run_id: its deadline} of runs finishing
+
+
 def run_until_budget(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float | tuple[float, float]],
@@ -137,20 +145,28 @@ def run_until_budget(
     on_requeue: Callable[[list[FrozenTrial]], None] | None = None,
     on_wait: Waiting | None = None,
     run_id: str | None = None,
+    deadline: float | None = None,
+    on_hold: Holding | None = None,
 ) -> str:
-    """Run trials until the study's target of finished trials is reached.
+    """Run trials until the study's target of finished trials is reached, or ``deadline``
+    (seconds since the epoch) has passed.
 
     Before claiming, interrupted trials are enqueued once to run again (``on_requeue`` is told
     which); the trials are listed only when the number of FAIL trials has changed. While the
     running trials cover what is left, ``on_wait`` is told which they are (and which of them
     had no heartbeat record), each time that set changes. Each trial this worker runs gets the
-    user attribute ``run_id`` when one is given (the ``hpsearch run`` that started it).
+    user attribute ``run_id`` when one is given (the ``hpsearch run`` that started it). No trial
+    is claimed after ``deadline``; while another run is past the deadline it recorded and still
+    finishing, none is claimed either, and ``on_hold`` is told which runs those are, each time
+    that set changes.
 
-    Returns why it stopped: ``"budget"`` or ``"grid exhausted"``.
+    Returns why it stopped: ``"budget"``, ``"grid exhausted"`` or ``"deadline"``.
     """
     failed_seen = 0
     waited: set[int] = set()
     orphans: set[int] = set()
+    held_by: set[str] = set()
+    hold = DeadlineHold()
     reruns_first(study)
     while True:
         lock.acquire()
@@ -175,7 +191,13 @@ def run_until_budget(
             grid = grid_check(study) if grid_check is not None else "open"
             if grid == "exhausted":
                 return "grid exhausted"
-            if finished + running < goal and grid == "open":
+            if deadline is not None and time.time() >= deadline:
+                return "deadline"
+            holding = hold.check(study)
+            if set(holding) != held_by and holding and on_hold is not None:
+                on_hold(holding)
+            held_by = set(holding)
+            if finished + running < goal and grid == "open" and not holding:
 
                 def release() -> None:
                     nonlocal held
@@ -205,7 +227,7 @@ def run_until_budget(
                         hooked.on_trial_created = None
                 waited = set()
                 continue
-            if on_wait is not None:
+            if on_wait is not None and not holding:
                 running_now = running_trials(study)
                 numbers = {t.number for t in running_now}
                 orphans &= numbers
@@ -215,4 +237,6 @@ def run_until_budget(
         finally:
             if held:
                 lock.release()
-        time.sleep(poll_seconds)  # running trials cover the budget (or the grid): wait on them
+        # running trials cover the budget (or the grid), or a run past its deadline is ending
+        pause = poll_seconds if deadline is None else min(poll_seconds, deadline - time.time())
+        time.sleep(max(pause, 0.0))

@@ -8,7 +8,8 @@ interrupted or killed left a target that no one works for any more: a new run do
 it). A run that stops before its share is done (Ctrl-C, an error, its workers died) takes back what
 is left of its N, so that the runs still going do not do its work. The workers of all runs serve
 the one target; each trial records the run whose worker ran it (``run_id``), so that each run
-reports what it finished itself.
+reports what it finished itself. A run with a deadline (``--timeout``) records it beside the
+target (:mod:`hpsearch.storage.deadlines`) and drops it when it takes back what is left of its N.
 
 Whether another run is going is told by a lock that each run holds, shared, for as long as it
 lives: a PostgreSQL session advisory lock (on a connection of its own, in autocommit), or an
@@ -34,8 +35,9 @@ from sqlalchemy.pool import NullPool
 from hpsearch.errors import StorageError
 from hpsearch.storage import optuna_private
 from hpsearch.storage.claims import Lock
+from hpsearch.storage.deadlines import forget_deadlines, record_deadline
 from hpsearch.storage.resilience import retrying
-from hpsearch.storage.state import RUN_ATTR, TARGET_ATTR, count_states, target
+from hpsearch.storage.state import RUN_ATTR, TARGET_ATTR, count_states, running_trials, target
 
 
 class RunLease(Protocol):
@@ -148,34 +150,45 @@ class Share:
     base: int  # the target this run added to
     finished_before: int  # finished trials in the study when it joined
     others: bool  # another run was going when it joined
+    deadline: float | None = None  # no trial of it starts after this (seconds since the epoch)
 
     @property
     def target(self) -> int:
         return self.base + self.trials
 
 
-def join(study: optuna.Study, trials: int, lease: RunLease, run_id: str) -> Share:
-    """Add ``trials`` to the study's target and hold the run lease. Call under the claim lock."""
+def join(
+    study: optuna.Study, trials: int, lease: RunLease, run_id: str, deadline: float | None = None
+) -> Share:
+    """Add ``trials`` to the study's target, record the run's ``deadline`` (if any), and hold the
+    run lease. Call under the claim lock."""
     finished, _ = count_states(study)
     others = lease.others_live()
     lease.hold()
     old = target(study)
     base = max(old or 0, finished) if others else finished
     study.set_user_attr(TARGET_ATTR, base + trials)
-    return Share(run_id, trials, base, finished, others)
+    record_deadline(study, run_id, deadline, others)
+    return Share(run_id, trials, base, finished, others, deadline)
 
 
 def withdraw(study: optuna.Study, share: Share, lock: Lock) -> int:
-    """Take back the part of ``share`` that no trial has finished for (the earlier shares are
-    served first); returns how many trials were taken back."""
+    """Take back the part of ``share`` that no trial has finished or started for (the earlier
+    shares are served first), and drop the run's deadline; returns how many trials were taken
+    back. A trial running on a worker started by hand (``hpsearch worker``, no run's) counts as
+    started: its worker finishes it, and the study's count then adds up to its target. (The
+    trials of this run's own workers have ended by now, and another run's serve its share.)"""
     lock.acquire()
     try:
+        if share.deadline is not None:
+            forget_deadlines(study, [share.run_id])
         finished, _ = count_states(study)
+        started = finished + sum(t.user_attrs.get(RUN_ATTR) is None for t in running_trials(study))
         goal = target(study)
-        left = max(0, min(share.trials, share.target - max(finished, share.base)))
+        left = max(0, min(share.trials, share.target - max(started, share.base)))
         if goal is None or left == 0:
             return 0
-        new = max(finished, goal - left)
+        new = max(started, goal - left)
         if new < goal:
             study.set_user_attr(TARGET_ATTR, new)
         return goal - new

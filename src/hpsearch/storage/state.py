@@ -84,6 +84,9 @@ STUDY_FILE_ATTR = "study_file"  # the resolved path of the study file it was mad
 STUDY_FILE_SHA_ATTR = "study_file_sha256"  # that file's content, as last run there
 KEPT_ATTR = "kept_checkpoints"  # trials whose checkpoint is kept, best first
 CONFIRMED_ATTR = "confirmed"  # the confirmed winner (trial, its means, its checkpoint)
+# {run_id: ISO 8601 UTC time}: the --timeout deadline of each hpsearch run that is going (see
+# hpsearch.storage.budget); a run drops its own when it ends
+DEADLINES_ATTR = "deadlines"
 CLAIMS_ATTR = "confirm_claims"  # {"<trial>:<run>": "<host>:<pid>"}: confirm runs being trained
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that count toward the target

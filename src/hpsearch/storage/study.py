@@ -262,19 +262,28 @@ class RunStudy:
     lock: Lock  # the study's claim lock
     lease: RunLease  # held while this run works: other runs see it is still going
 
-    def close(self) -> None:
+    def close(self) -> int:
         """Take back what is left of this run's share (nothing once it is done), so that the runs
-        still going do not do its work, and let go of the lease."""
+        still going do not do its work, and let go of the lease; returns how many trials were
+        taken back."""
         try:
-            withdraw(self.study, self.share, self.lock)
+            return withdraw(self.study, self.share, self.lock)
         except Exception as e:  # the reason the run stopped matters more
             log.warning("could not take back this run's unfinished trials: %s", e)
+            return 0
         finally:
             self.lease.release()
 
 
 def open_for_run(
-    cfg: StudyConfig, url: str, name: str, trials: int, *, heartbeat: int, allow_other_file: bool
+    cfg: StudyConfig,
+    url: str,
+    name: str,
+    trials: int,
+    *,
+    heartbeat: int,
+    allow_other_file: bool,
+    deadline: float | None = None,
 ) -> RunStudy:
     """Open (or make) the study ``name`` for ``hpsearch run`` and add ``trials`` to its budget.
 
@@ -284,7 +293,8 @@ def open_for_run(
     3. Under the lock, so that two runs started together make one study with one seed baseline
        and add up their budgets: the study made (its baseline enqueued) or loaded; the study
        file checked against the one the study was made from, and recorded; this run's trials
-       added to the study's target of finished trials.
+       added to the study's target of finished trials, and its ``deadline`` (``--timeout``)
+       recorded.
     """
     storage = open_storage(url, heartbeat)
     lock = claim_lock(storage, name)
@@ -293,7 +303,7 @@ def open_for_run(
         with held(lock):
             study = open_study(cfg, storage, name)
             check_reuse(study, cfg, allow_other_file=allow_other_file, record=True)
-            share = join(study, trials, lease, uuid.uuid4().hex[:12])
+            share = join(study, trials, lease, uuid.uuid4().hex[:12], deadline)
     except BaseException:
         lease.release()
         raise
