@@ -144,9 +144,22 @@ def test_model_and_health(server: str, smoke_study: Path) -> None:
     assert ckpt["storage"] == "sqlite:///hpsearch.db"
     assert ckpt["seed"] == best.user_attrs["seed"]
     assert ckpt["versions"] == best.user_attrs["versions"] and "torch" in ckpt["versions"]
+    assert info["source"] == f"search trial {best.number}" and "confirm_run" not in ckpt
+    assert best.datetime_complete is not None
+    assert ckpt["finished"] == best.datetime_complete.astimezone().isoformat(timespec="seconds")
     health = get(f"{server}/health")
     assert health["status"] == "ok" and health["trial"] == best.number
     assert health["device"] == "cpu"
+    # the page says the same, written by the server (no script needed to read it)
+    page = get(f"{server}/")
+    assert (
+        f'<p class="meta" id="meta">study smoke, trial {best.number} (val accuracy '
+        f"{best.value:.4f}), 32px, classes cat, dog</p>"
+    ) in page
+    assert (
+        f'<p class="meta" id="provenance">checkpoint {ckpt["artifact_id"]} (sha256 '
+        f"{ckpt['sha256'][:12]}...), seed {ckpt['seed']}, finished {ckpt['finished']}</p>"
+    ) in page
 
 
 def png_header(width: int, height: int) -> bytes:

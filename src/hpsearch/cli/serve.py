@@ -92,9 +92,11 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.state import CONFIRMED_ATTR, study_attr
 
     study, url, store = open_for(args)
     trial, ckpt, _ = chosen(study, store, args)
+    confirmed = study_attr(study, CONFIRMED_ATTR, dict) if args.confirmed else None
     # the server (torch, FastAPI): once the study and the checkpoint are found
     from hpsearch.serve.app import Limits, Model, create_app, listen, model_info, run
     from hpsearch.serve.dashboard import dashboard_url
@@ -105,13 +107,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_s=args.max_wait_ms / 1000,
     )
-    app = create_app(model, model_info(trial, model, mask_url(url)), limits)
+    info = model_info(trial, model, mask_url(url), confirmed)
+    app = create_app(model, info, limits)
     sock = listen(args.host, args.port)
     port = sock.getsockname()[1]
     base = dashboard_url(args.host, port).removesuffix("/dashboard")
+    run_of = info["checkpoint"].get("confirm_run")
+    which = f"confirm run {run_of['run']}, seed {run_of['seed']}, " if run_of else ""
     print(
-        f"serving trial {ckpt.trial} of study {ckpt.study!r} (val_accuracy {ckpt.value:.4f}, "
-        f"{ckpt.image_size}px, {', '.join(ckpt.classes)}) on {model.device} at {base}/ "
+        f"serving trial {ckpt.trial} of study {ckpt.study!r} ({which}val_accuracy "
+        f"{ckpt.value:.4f}, {ckpt.image_size}px, {', '.join(ckpt.classes)}) on {model.device} "
+        f"at {base}/ "
         f"(max batch {limits.max_batch}, max wait {args.max_wait_ms:g} ms); Ctrl-C stops it",
         flush=True,
     )

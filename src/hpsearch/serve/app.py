@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import socket
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -40,11 +40,12 @@ from torch import nn
 from hpsearch.engine import infer
 from hpsearch.errors import HpsearchError
 from hpsearch.serve.dashboard import ALL_INTERFACES
-from hpsearch.serve.page import PAGE
+from hpsearch.serve.page import render_page
 from hpsearch.serve.upload import BadInput, decode_uploads, read_uploads
 from hpsearch.storage.checkpoint import Checkpoint
 from hpsearch.storage.state import (
     CHECKPOINT_ATTR,
+    CONFIRM_RUNS,
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
     DEVICE_ATTR,
@@ -170,13 +171,40 @@ class Batcher:
                 start += len(j.images)
 
 
-def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]:
-    """What ``GET /model`` answers: the trial, its model, and where the checkpoint came from."""
+def model_info(
+    trial: FrozenTrial,
+    model: Model,
+    storage: str,
+    confirmed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ``GET /model`` answers: the trial, its model, and where the checkpoint came from.
+
+    ``confirmed`` is the study's record of ``hpsearch confirm``'s winner when that is what is
+    served (``--confirmed``): the checkpoint is then one of its confirm runs, and every field of
+    the provenance (artifact id, seed, finish time, device, versions, worker) is that run's,
+    not the search trial's.
+    """
     ckpt, attrs = model.ckpt, trial.user_attrs
+    provenance = _run_provenance(trial, ckpt, confirmed) if confirmed is not None else None
+    if provenance is None:
+        source = f"search trial {ckpt.trial}"
+        provenance = {
+            "artifact_id": attrs.get(CHECKPOINT_ATTR),
+            "finished": _local(trial.datetime_complete),
+            **{
+                k: attrs[k]
+                for k in (SEED_ATTR, DEVICE_ATTR, VERSIONS_ATTR, WORKER_ATTR)
+                if k in attrs
+            },
+        }
+    else:
+        run = provenance["confirm_run"]
+        source = f"confirm run {run['run']} of trial {ckpt.trial} (seed {run['seed']})"
     info: dict[str, Any] = {
         "study": ckpt.study,
         "trial": ckpt.trial,
-        "val_accuracy": ckpt.value,
+        "source": source,
+        "val_accuracy": ckpt.value,  # the served model's own (a confirm run's, with --confirmed)
         "params": ckpt.params,
         "image_size": ckpt.image_size,
         "classes": list(ckpt.classes),
@@ -184,26 +212,20 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
         "device": str(model.device),
         "checkpoint": {
             "path": str(ckpt.path),
-            "artifact_id": attrs.get(CHECKPOINT_ATTR),
             "sha256": hashlib.sha256(ckpt.path.read_bytes()).hexdigest(),
             "storage": storage,
-            "trial_finished": trial.datetime_complete.isoformat(timespec="seconds")
-            if trial.datetime_complete
-            else None,
-            **{
-                k: attrs[k]
-                for k in (SEED_ATTR, DEVICE_ATTR, VERSIONS_ATTR, WORKER_ATTR)
-                if k in attrs
-            },
+            **provenance,
         },
     }
+    if confirmed is not None and trial.values:
+        info["search_val_accuracy"] = trial.values[0]
     if CONFIRM_VAL_MEAN in attrs and CONFIRM_VAL_STD in attrs:
         info["confirmed_val_accuracy"] = {
             "mean": attrs[CONFIRM_VAL_MEAN],
             "std": attrs[CONFIRM_VAL_STD],
         }
     if LATENCY_MS_ATTR in attrs:  # measured after training (a deployment budget or an objective)
-        info["latency_ms"] = {
+        info["latency_ms"] = {  # of the trial's architecture, which a confirm run shares
             "value": attrs[LATENCY_MS_ATTR],
             "device": attrs.get(LATENCY_DEVICE_ATTR),
         }
@@ -213,6 +235,47 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
             "feasible": all(v <= 0 for v in trial.constraints.values()),
         }
     return info
+
+
+def _run_provenance(
+    trial: FrozenTrial, ckpt: Checkpoint, confirmed: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The provenance of a confirm run's checkpoint: what the file says it is (its run and
+    seed) and what confirm recorded about that run; None for a checkpoint that is not a
+    confirm run's."""
+    run = ckpt.confirm
+    if run is None:
+        return None
+    seed = run.get("seed")
+    runs = trial.user_attrs.get(CONFIRM_RUNS)
+    entry: Mapping[str, Any] = (
+        next(
+            (r for r in runs if isinstance(r, dict) and r.get("seed") == seed),
+            {},
+        )
+        if isinstance(runs, list)
+        else {}
+    )
+    index = run.get("run")
+    return {
+        "artifact_id": confirmed.get("checkpoint"),
+        "confirm_run": {
+            "trial": ckpt.trial,
+            "run": index + 1 if isinstance(index, int) else None,  # counted from 1, as printed
+            "seed": seed,
+        },
+        # recorded by confirm since it records them; None for a run recorded before
+        "finished": entry.get("finished"),
+        "seed": seed,
+        "device": entry.get("device"),
+        "versions": ckpt.versions,
+        "worker": entry.get("worker"),
+    }
+
+
+def _local(when: datetime | None) -> str | None:
+    """Optuna's naive local time as ISO 8601 with the offset, as confirm records its runs'."""
+    return when.astimezone().isoformat(timespec="seconds") if when is not None else None
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -288,7 +351,7 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
             }
         )
 
-    page = PAGE.replace("__MODEL__", json.dumps(info).replace("</", "<\\/"))
+    page = render_page(info)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
