@@ -215,6 +215,13 @@ def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(
     assert got == 404 and answer == {"error": "Not Found"}
 
 
+def test_an_unresolvable_host_says_so(smoke_study: Path) -> None:
+    r = hpsearch(argv("serve --study smoke --host no.such.host.invalid --port 0"), smoke_study)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith("hpsearch: error: --host no.such.host.invalid: cannot resolve")
+    assert len(r.stderr.splitlines()) == 1 and "--port" not in r.stderr, r.stderr
+
+
 def test_missing_study_trial_or_checkpoint_is_one_line_before_serving(
     smoke_study: Path, tmp_path: Path
 ) -> None:

@@ -38,8 +38,7 @@ from starlette.exceptions import HTTPException
 from torch import nn
 
 from hpsearch.engine import infer
-from hpsearch.errors import HpsearchError
-from hpsearch.serve.dashboard import ALL_INTERFACES
+from hpsearch.serve.dashboard import ALL_INTERFACES, bind_error
 from hpsearch.serve.page import render_page
 from hpsearch.serve.upload import BadInput, decode_uploads, read_uploads
 from hpsearch.storage.checkpoint import Checkpoint
@@ -381,9 +380,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         if sock is not None:
             sock.close()
-        raise HpsearchError(
-            f"cannot serve on {host}:{port}: {e.strerror or e} (try --port N)"
-        ) from None
+        raise bind_error("serve", host, port, e) from None
     return sock
 
 
