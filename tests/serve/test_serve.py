@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import select
@@ -160,6 +161,21 @@ def test_model_and_health(server: str, smoke_study: Path) -> None:
         f'<p class="meta" id="provenance">checkpoint {ckpt["artifact_id"]} (sha256 '
         f"{ckpt['sha256'][:12]}...), seed {ckpt['seed']}, finished {ckpt['finished']}</p>"
     ) in page
+
+
+def test_head_answers_like_get_without_a_body(server: str) -> None:
+    """What uptime checks and load balancers send: 405 before."""
+    host = server.removeprefix("http://")
+    for path, kind in (("/", "text/html"), ("/health", "json"), ("/model", "json")):
+        conn = http.client.HTTPConnection(host, timeout=60)
+        try:
+            conn.request("HEAD", path)
+            resp = conn.getresponse()
+            assert resp.status == 200, (path, resp.status)
+            assert kind in resp.headers["content-type"], path
+            assert resp.read() == b"", path
+        finally:
+            conn.close()
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -333,11 +333,12 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
             )
         return JSONResponse({**answered_by, "predictions": out})
 
-    @app.get("/model")
+    # GET and HEAD (what uptime checks and load balancers often send; uvicorn sends no body)
+    @app.api_route("/model", methods=["GET", "HEAD"])
     async def model_route() -> JSONResponse:
         return JSONResponse(info)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         return JSONResponse(
             {
@@ -352,7 +353,7 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
 
     page = render_page(info)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> str:
         return page
 
