@@ -33,13 +33,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _not_negative(text: str) -> float:
+MAX_WAIT_MS = 10_000.0  # a batch's first request waiting longer for company is a hang
+
+
+def _wait_ms(text: str) -> float:
+    """argparse type of --max-wait-ms: a number of milliseconds from 0 to MAX_WAIT_MS (not
+    inf, which would keep a request waiting for ever, nor nan)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of milliseconds, got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_WAIT_MS:  # false for nan too
+        raise argparse.ArgumentTypeError(
+            f"expected milliseconds from 0 to {MAX_WAIT_MS:.0f}, got {text!r}"
+        )
     return value
 
 
@@ -81,10 +90,11 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=_not_negative,
+        type=_wait_ms,
         default=5.0,
         metavar="MS",
-        help="longest a batch's first request waits for requests arriving at the same time",
+        help="longest a batch's first request waits for requests arriving at the same time "
+        f"(0 to {MAX_WAIT_MS:.0f})",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if any)")
     p.set_defaults(func=cmd_serve)
