@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +71,25 @@ def hpsearch(
         text=True,
         timeout=timeout,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A real, decodable PNG of ``width`` x ``height`` black pixels (1 bit each), made row by
+    row: 10000 x 10000 (a decompression bomb) is a 12 KB file and never 100 MB in memory."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
     )
 
 

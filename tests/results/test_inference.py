@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import argv, hpsearch
+from conftest import argv, flat_png, hpsearch
 from hpsearch.results.read import ranked
 
 pytestmark = pytest.mark.slow
@@ -55,6 +55,43 @@ def test_predict_unreadable_image(smoke_study: Path, tmp_path: Path) -> None:
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert r.stderr.startswith(f"hpsearch: error: {problem if 'read' in problem else 'image'}")
         assert str(path) in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+BOMB_LINE = (
+    "is 100.0 megapixels, over the decompression-bomb limit of 89.5 megapixels (89478485 pixels)"
+)
+
+
+def test_predict_refuses_a_decompression_bomb_in_one_line(
+    smoke_study: Path, tmp_path: Path
+) -> None:
+    """100 megapixels: over Pillow's limit, under twice it, where Pillow only warns on stderr and
+    decodes. predict refuses it as serve does (413), in one line, with no warning from Pillow
+    (warnings shown, not the helper's PYTHONWARNINGS=ignore)."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(flat_png(10_000, 10_000))
+    r = hpsearch(
+        ["predict", "--study", "smoke", str(bomb)], smoke_study, env={"PYTHONWARNINGS": "default"}
+    )
+    assert r.returncode == 1, r.stdout
+    assert r.stderr == f"hpsearch: error: image {bomb} {BOMB_LINE}\n"
+    assert r.stdout == ""
+
+
+def test_read_images_refuses_a_bomb_without_a_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from hpsearch.engine.images import TooManyPixels
+    from hpsearch.results.inference import read_images
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(flat_png(10_000, 10_000))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warning recorded, the refusal still an error
+        with pytest.raises(TooManyPixels) as e:
+            read_images([str(bomb)], 32)
+    assert str(e.value) == f"image {bomb} {BOMB_LINE}"
+    assert not [w for w in seen if "DecompressionBomb" in w.category.__name__]
 
 
 def test_evaluate_reproduces_the_trials_accuracy(

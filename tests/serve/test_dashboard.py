@@ -167,3 +167,11 @@ def test_all_interfaces_warns_and_a_taken_port_is_one_line(smoke_study: Path) ->
     assert "listens on all interfaces (0.0.0.0)" in r.stderr
     assert f"hpsearch: error: cannot serve the dashboard on 0.0.0.0:{port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_unresolvable_host_says_so(smoke_study: Path) -> None:
+    """It suggested --port."""
+    r = hpsearch(argv("dashboard --study smoke --host no.such.host.invalid"), smoke_study)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith("hpsearch: error: --host no.such.host.invalid: cannot resolve")
+    assert len(r.stderr.splitlines()) == 1 and "--port" not in r.stderr, r.stderr

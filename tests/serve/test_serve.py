@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import select
@@ -25,9 +26,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import argv, hpsearch
+from conftest import argv, flat_png, hpsearch
 from hpsearch.results.read import ranked
 from hpsearch.serve.app import Batcher, Limits
+from hpsearch.serve.upload import BadInput
 from serving import get, multipart, post, start, stops_cleanly
 
 pytestmark = pytest.mark.slow
@@ -37,16 +39,18 @@ MAX_UPLOAD_MB = 1  # the test server's --max-upload-mb
 
 
 @pytest.fixture(scope="module")
-def server(smoke_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``hpsearch serve --study smoke`` on a free port; yields its base URL and stops it with
-    Ctrl-C. On the CPU, like ``hpsearch predict`` by default, so the two agree to float
-    precision."""
+def served(
+    smoke_study: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """``hpsearch serve --study smoke`` on a free port; yields its base URL and its log, and
+    stops it with Ctrl-C. On the CPU, like ``hpsearch predict`` by default, so the two agree to
+    float precision."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc, base = start(
         f"--study smoke --device cpu --max-upload-mb {MAX_UPLOAD_MB}", smoke_study, log
     )
     try:
-        yield base
+        yield base, log
     finally:
         lines = stops_cleanly(proc, signal.SIGINT, log)
         best = ranked(study_of(smoke_study))[0]
@@ -54,6 +58,12 @@ def server(smoke_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             f"serving trial {best.number} of study 'smoke' (val_accuracy {best.value:.4f}, 32px, "
             f"cat, dog) on cpu at {base}/ (max batch 32, max wait 5 ms); Ctrl-C stops it"
         )
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, Path]) -> str:
+    """The base URL of ``served``."""
+    return served[0]
 
 
 def study_of(work: Path) -> optuna.Study:
@@ -144,9 +154,37 @@ def test_model_and_health(server: str, smoke_study: Path) -> None:
     assert ckpt["storage"] == "sqlite:///hpsearch.db"
     assert ckpt["seed"] == best.user_attrs["seed"]
     assert ckpt["versions"] == best.user_attrs["versions"] and "torch" in ckpt["versions"]
+    assert info["source"] == f"search trial {best.number}" and "confirm_run" not in ckpt
+    assert best.datetime_complete is not None
+    assert ckpt["finished"] == best.datetime_complete.astimezone().isoformat(timespec="seconds")
     health = get(f"{server}/health")
     assert health["status"] == "ok" and health["trial"] == best.number
     assert health["device"] == "cpu"
+    # the page says the same, written by the server (no script needed to read it)
+    page = get(f"{server}/")
+    assert (
+        f'<p class="meta" id="meta">study smoke, trial {best.number} (val accuracy '
+        f"{best.value:.4f}), 32px, classes cat, dog</p>"
+    ) in page
+    assert (
+        f'<p class="meta" id="provenance">checkpoint {ckpt["artifact_id"]} (sha256 '
+        f"{ckpt['sha256'][:12]}...), seed {ckpt['seed']}, finished {ckpt['finished']}</p>"
+    ) in page
+
+
+def test_head_answers_like_get_without_a_body(server: str) -> None:
+    """What uptime checks and load balancers send: 405 before."""
+    host = server.removeprefix("http://")
+    for path, kind in (("/", "text/html"), ("/health", "json"), ("/model", "json")):
+        conn = http.client.HTTPConnection(host, timeout=60)
+        try:
+            conn.request("HEAD", path)
+            resp = conn.getresponse()
+            assert resp.status == 200, (path, resp.status)
+            assert kind in resp.headers["content-type"], path
+            assert resp.read() == b"", path
+        finally:
+            conn.close()
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -200,6 +238,72 @@ def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(
     assert get(f"{server}/health")["status"] == "ok"
     got, answer = post(f"{server}/nowhere", b"", None)
     assert got == 404 and answer == {"error": "Not Found"}
+
+
+def test_serve_and_predict_refuse_the_same_bomb_in_the_same_words(
+    server: str, smoke_study: Path, tmp_path: Path
+) -> None:
+    """One decode policy: a real 100-megapixel PNG (over Pillow's limit, under twice it, where
+    Pillow alone only warns and decodes) is a 413 from serve and one line from predict, the same
+    words about the same file, and no warning from Pillow in either."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(flat_png(10_000, 10_000))
+    status, answer = post(f"{server}/predict", *multipart([("bomb.png", bomb.read_bytes())]))
+    assert status == 413
+    said = "is 100.0 megapixels, over the decompression-bomb limit of 89.5 megapixels"
+    assert answer == {"error": f"image 'bomb.png' {said} (89478485 pixels)"}
+    r = hpsearch(
+        ["predict", "--study", "smoke", str(bomb)], smoke_study, env={"PYTHONWARNINGS": "default"}
+    )
+    assert r.returncode == 1, r.stdout
+    assert r.stderr == f"hpsearch: error: {answer['error'].replace(repr('bomb.png'), str(bomb))}\n"
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_line_in_the_log(
+    served: tuple[str, Path], photos: list[Path]
+) -> None:
+    """Half a multipart body, then the connection closes: the log gets one line saying so, not
+    starlette's ClientDisconnect traceback, and the server keeps serving."""
+    base, log = served
+    before = log.read_text().splitlines()
+    body, kind = multipart([(photos[0].name, photos[0].read_bytes())])
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(0.5)  # let the server read the half it has (not a timing assertion)
+    deadline = time.monotonic() + 60
+    while len(log.read_text().splitlines()) == len(before):
+        assert time.monotonic() < deadline, "nothing was logged for the disconnect"
+        time.sleep(0.2)
+    assert predict_files(base, [photos[0]])["predictions"][0]["label"] in ("cat", "dog")
+    text = log.read_text()
+    new = text.splitlines()[len(before) :]
+    assert "Traceback" not in text and "ClientDisconnect" not in text, text
+    assert len(new) == 1, new
+    assert new[0].startswith("hpsearch: WARNING: client 127.0.0.1:"), new
+    assert "disconnected during its upload to /predict" in new[0], new
+
+
+def test_max_wait_is_bounded(smoke_study: Path) -> None:
+    """inf was taken, and kept a request waiting for ever; nan and negatives make no sense."""
+    for value in ("inf", "nan", "-1", "10001", "1e9", "soon"):
+        # a timeout: a value taken starts a server, which would not return
+        r = hpsearch(["serve", "--study", "smoke", "--max-wait-ms", value], smoke_study, 120)
+        assert r.returncode == 2, (value, r.stdout)
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("hpsearch serve: error: argument --max-wait-ms: "), r.stderr
+        assert f"got {value!r}" in r.stderr and r.stdout == "", r.stderr
+
+
+def test_an_unresolvable_host_says_so(smoke_study: Path) -> None:
+    r = hpsearch(argv("serve --study smoke --host no.such.host.invalid --port 0"), smoke_study)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith("hpsearch: error: --host no.such.host.invalid: cannot resolve")
+    assert len(r.stderr.splitlines()) == 1 and "--port" not in r.stderr, r.stderr
 
 
 def test_missing_study_trial_or_checkpoint_is_one_line_before_serving(
@@ -285,6 +389,30 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
         batcher = Batcher(lambda b: b.float(), Limits(1, max_batch=32, max_wait_s=3600.0))
         worker = asyncio.create_task(batcher.work())
         await asyncio.wait_for(batcher.submit(torch.zeros(1, 2, 2, 3, dtype=torch.uint8)), 60)
+        worker.cancel()
+        batcher.executor.shutdown()
+        return batcher.batches
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_batch_stops_waiting_when_the_request_it_waited_for_fails() -> None:
+    """The first request waits for another that is being received; that one fails (bad input):
+    the batch runs at once, not after the max wait (an hour here; it waited all of it)."""
+
+    async def scenario() -> int:
+        batcher = Batcher(lambda b: b.float(), Limits(1, max_batch=32, max_wait_s=3600.0))
+        worker = asyncio.create_task(batcher.work())
+        first = None
+        with pytest.raises(BadInput), batcher.arrival():  # the second request, arriving
+            first = asyncio.ensure_future(
+                batcher.submit(torch.zeros(1, 2, 2, 3, dtype=torch.uint8))
+            )
+            for _ in range(10):  # the worker takes the first job and waits for company
+                await asyncio.sleep(0)
+            assert not first.done()
+            raise BadInput(415, "not an image")
+        await asyncio.wait_for(first, 60)
         worker.cancel()
         batcher.executor.shutdown()
         return batcher.batches

@@ -33,13 +33,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _not_negative(text: str) -> float:
+MAX_WAIT_MS = 10_000.0  # a batch's first request waiting longer for company is a hang
+
+
+def _wait_ms(text: str) -> float:
+    """argparse type of --max-wait-ms: a number of milliseconds from 0 to MAX_WAIT_MS (not
+    inf, which would keep a request waiting for ever, nor nan)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of milliseconds, got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_WAIT_MS:  # false for nan too
+        raise argparse.ArgumentTypeError(
+            f"expected milliseconds from 0 to {MAX_WAIT_MS:.0f}, got {text!r}"
+        )
     return value
 
 
@@ -81,10 +90,11 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=_not_negative,
+        type=_wait_ms,
         default=5.0,
         metavar="MS",
-        help="longest a batch's first request waits for requests arriving at the same time",
+        help="longest a batch's first request waits for requests arriving at the same time "
+        f"(0 to {MAX_WAIT_MS:.0f})",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if any)")
     p.set_defaults(func=cmd_serve)
@@ -92,9 +102,11 @@ def add_serve_command(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.state import CONFIRMED_ATTR, study_attr
 
     study, url, store = open_for(args)
     trial, ckpt, _ = chosen(study, store, args)
+    confirmed = study_attr(study, CONFIRMED_ATTR, dict) if args.confirmed else None
     # the server (torch, FastAPI): once the study and the checkpoint are found
     from hpsearch.serve.app import Limits, Model, create_app, listen, model_info, run
     from hpsearch.serve.dashboard import dashboard_url
@@ -105,13 +117,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_s=args.max_wait_ms / 1000,
     )
-    app = create_app(model, model_info(trial, model, mask_url(url)), limits)
+    info = model_info(trial, model, mask_url(url), confirmed)
+    app = create_app(model, info, limits)
     sock = listen(args.host, args.port)
     port = sock.getsockname()[1]
     base = dashboard_url(args.host, port).removesuffix("/dashboard")
+    run_of = info["checkpoint"].get("confirm_run")
+    which = f"confirm run {run_of['run']}, seed {run_of['seed']}, " if run_of else ""
     print(
-        f"serving trial {ckpt.trial} of study {ckpt.study!r} (val_accuracy {ckpt.value:.4f}, "
-        f"{ckpt.image_size}px, {', '.join(ckpt.classes)}) on {model.device} at {base}/ "
+        f"serving trial {ckpt.trial} of study {ckpt.study!r} ({which}val_accuracy "
+        f"{ckpt.value:.4f}, {ckpt.image_size}px, {', '.join(ckpt.classes)}) on {model.device} "
+        f"at {base}/ "
         f"(max batch {limits.max_batch}, max wait {args.max_wait_ms:g} ms); Ctrl-C stops it",
         flush=True,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,11 +105,83 @@ def _is_file(entry: os.DirEntry[str], broken: list[str]) -> bool:
 
 
 def decode_image(path: Path | BinaryIO, size: int) -> np.ndarray:
-    """One image (a file, or an open binary stream such as an upload) -> ``(size, size, 3)``
-    uint8 RGB, resized like the validation transform."""
+    """One image (a file, or an open binary stream) -> ``(size, size, 3)`` uint8 RGB, resized
+    like the validation transform. Pillow's own decompression-bomb check applies as it stands
+    (the decode cache ignores its warning); user-given images go through :func:`decode_checked`.
+    """
     with Image.open(path) as im:
         im.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (fast)
-        rgb = im.convert("RGB")
+        return to_array(im, size)
+
+
+def to_array(im: Image.Image, size: int) -> np.ndarray:
+    """An opened (and drafted) image decoded -> ``(size, size, 3)`` uint8 RGB."""
+    rgb = im.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(rgb, dtype=np.uint8)
+
+
+# --- the decode policy of the images a user gives a model (predict, serve) -------------------
+
+
+def pixel_limit() -> int:
+    """The most pixels an image ``predict`` or ``serve`` decodes: Pillow's decompression-bomb
+    limit, ``Image.MAX_IMAGE_PIXELS`` (89,478,485 unless a program changed it)."""
+    return Image.MAX_IMAGE_PIXELS or 0
+
+
+class TooManyPixels(DataError):
+    """An image over :func:`pixel_limit`, refused before it is decoded."""
+
+    def __init__(self, name: str, pixels: int | None) -> None:
+        limit = pixel_limit()
+        size = f"{pixels / 1e6:.1f} megapixels" if pixels else "more pixels than that"
+        super().__init__(
+            f"image {name} is {size}, over the decompression-bomb limit of "
+            f"{limit / 1e6:.1f} megapixels ({limit} pixels)"
+        )
+        self.pixels = pixels
+
+
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")  # in Pillow's "Image size (N pixels) exceeds ..."
+_REFUSE = ("error", None, Image.DecompressionBombWarning, None, 0)  # a warnings.filters entry
+
+
+def refuse_decompression_bombs() -> None:
+    """Make Pillow's ``DecompressionBombWarning`` an error: the first of the process's warning
+    filters (put back there when something else went first).
+
+    Pillow raises ``DecompressionBombError`` for an image over twice ``MAX_IMAGE_PIXELS``, but
+    between once and twice it only warns, on stderr, and decodes. A warning filter is
+    process-wide, and ``warnings.catch_warnings`` around each open would race between threads,
+    so the filter stays; only the images a user gives a model are opened under it (serve opens
+    them all on its event loop's thread). The decode cache's own ``catch_warnings`` that ignores
+    the warning wins inside it: it never calls this."""
+    if not warnings.filters or warnings.filters[0] != _REFUSE:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def open_checked(source: Path | BinaryIO, name: str, size: int) -> Image.Image:
+    """Open an image (its header: nothing is decoded yet) under the decode policy: over
+    :func:`pixel_limit` it is a :class:`TooManyPixels` naming it ``name``, with no warning
+    from Pillow. JPEGs are drafted to ``size``, so ``.size`` is then what decoding takes.
+    The caller closes it (or decodes it with :func:`to_array` in a ``with``)."""
+    refuse_decompression_bombs()
+    try:
+        im = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = _BOMB_SIZE.search(str(e))
+        raise TooManyPixels(name, int(found[1]) if found else None) from None
+    width, height = im.size
+    if pixel_limit() and width * height > pixel_limit():  # a filter of the caller's ignored it
+        im.close()
+        raise TooManyPixels(name, width * height)
+    im.draft("RGB", (size, size))
+    return im
+
+
+def decode_checked(source: Path | BinaryIO, name: str, size: int) -> np.ndarray:
+    """:func:`decode_image` under the decode policy of :func:`open_checked`."""
+    with open_checked(source, name, size) as im:
+        return to_array(im, size)

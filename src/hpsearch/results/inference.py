@@ -1,7 +1,7 @@
 """Using a checkpoint: predict labels for image files, evaluate on an ImageFolder directory.
 
 Images are read exactly like the validation images a trial was scored on: decoded with
-``engine.images.decode_image`` (RGB, resized to the study's image size), a directory through
+``engine.images.decode_checked`` (RGB, resized to the study's image size), a directory through
 ``data``'s decode-once cache, and run through ``engine.infer`` (normalisation, batches and the
 precision policy), the path the trial's own validation took and ``hpsearch serve`` takes.
 """
@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from hpsearch.engine import infer
 from hpsearch.engine.data import load_split
-from hpsearch.engine.images import decode_image, list_split
+from hpsearch.engine.images import decode_checked, list_split
 from hpsearch.engine.infer import BATCH_SIZE
 from hpsearch.engine.spec import DataConfig
 from hpsearch.errors import DataError, first_line
@@ -36,15 +35,17 @@ def logits(
 
 
 def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
-    """Decode files into (N, size, size, 3) uint8; the first unreadable one is a DataError."""
+    """Decode files into (N, size, size, 3) uint8 under the decode policy ``serve`` applies
+    (``engine.images.decode_checked``: an image over the decompression-bomb limit is refused,
+    with no warning from Pillow); the first unreadable one is a DataError."""
     arrays = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise DataError(f"image {p} {what_is(path, 'an image file')}")
         try:
-            arrays.append(decode_image(path, size))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            arrays.append(decode_checked(path, p, size))
+        except (OSError, ValueError, SyntaxError) as e:
             raise DataError(f"cannot read image {p}: {first_line(e)}") from None
     return torch.from_numpy(np.stack(arrays))
 

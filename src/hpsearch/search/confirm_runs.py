@@ -6,9 +6,12 @@ going at the deadline finishes, none starts after it.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +121,7 @@ class Worker:
                 f"({m.train_images_per_s:.0f} img/s, {m.epoch_seconds:.1f}s)"
             )
 
-        from hpsearch.search.objective import is_out_of_memory, versions
+        from hpsearch.search.objective import device_name, is_out_of_memory, versions
 
         t0 = time.monotonic()
         entry: dict[str, Any] = {"run": job.run, "seed": job.seed, "setup": setup(cfg)}
@@ -155,6 +158,12 @@ class Worker:
                     test_accuracy=ev.accuracy, test_images=ev.total, test_data=str(self.test.path)
                 )
             artifact = save_blob(self.store, blob, f"trial-{t.number}-confirm-{job.run}.pt")
+            # the provenance serve --confirmed shows for this run's model (not the trial's)
+            entry.update(
+                finished=datetime.now().astimezone().isoformat(timespec="seconds"),
+                device=device_name(data.device),
+                worker=f"{platform.node()}:{os.getpid()}",
+            )
         entry["seconds"] = round(time.monotonic() - t0, 1)
         self.run_seconds.append(entry["seconds"])
         self._record(job, entry, artifact)

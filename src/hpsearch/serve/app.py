@@ -4,12 +4,13 @@
 image body) and answers the label and per-class probabilities of each; ``GET /model`` describes
 the trial; ``GET /health`` is for orchestrators; ``GET /`` is a self-contained page.
 
-Uploads are read and decoded by ``serve.upload`` (``engine.images.decode_image``) and run through
-``engine.infer`` (normalisation, precision: bf16 autocast on CUDA, fp32 on the CPU): the code path
-``hpsearch predict`` uses, so both give the same answer for the same file. Requests wait in
-an asyncio queue; one worker takes up to ``max_batch`` images, waiting at most ``max_wait_ms``
-for more after the first, and runs them as one batch in a single inference thread, so the event
-loop keeps parsing and decoding the next requests meanwhile. Bad input is a 4xx with
+Uploads are read and decoded by ``serve.upload`` (``engine.images``: the decode policy and code
+path of ``hpsearch predict``), at most ``decode_pixels`` pixels at once (``serve.pixels``), and
+run through ``engine.infer`` (normalisation, precision: bf16 autocast on CUDA, fp32 on the CPU),
+so both give the same answer for the same file. Requests wait in an asyncio queue; one worker
+takes up to ``max_batch`` images, waiting at most ``max_wait_ms`` for more after the first while
+other requests are still arriving, and runs them as one batch in a single inference thread, so
+the event loop keeps parsing and decoding the next requests meanwhile. Bad input is a 4xx with
 ``{"error": "<one line>"}``.
 """
 
@@ -18,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import socket
-import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -33,18 +33,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from optuna.trial import FrozenTrial
-from PIL import Image
 from starlette.exceptions import HTTPException
 from torch import nn
 
 from hpsearch.engine import infer
-from hpsearch.errors import HpsearchError
-from hpsearch.serve.dashboard import ALL_INTERFACES
-from hpsearch.serve.page import PAGE
-from hpsearch.serve.upload import BadInput, decode_uploads, read_uploads
+from hpsearch.engine.images import pixel_limit, refuse_decompression_bombs
+from hpsearch.serve.dashboard import ALL_INTERFACES, bind_error
+from hpsearch.serve.page import render_page
+from hpsearch.serve.pixels import TRIM_AFTER_PIXELS, PixelBudget, give_back_memory
+from hpsearch.serve.upload import BadInput, decode_opened, open_uploads, read_uploads
 from hpsearch.storage.checkpoint import Checkpoint
 from hpsearch.storage.state import (
     CHECKPOINT_ATTR,
+    CONFIRM_RUNS,
     CONFIRM_VAL_MEAN,
     CONFIRM_VAL_STD,
     DEVICE_ATTR,
@@ -58,11 +59,18 @@ from hpsearch.storage.state import (
 log = logging.getLogger("hpsearch")
 
 
+DECODE_WAIT_S = 30.0  # the longest a request waits for its share of the pixel budget: then 503
+
+
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int
     max_batch: int  # images per forward pass (1: every request runs alone)
     max_wait_s: float  # how long the first request of a batch waits for company
+    # pixels being decoded at once (serve.pixels): one image at the decode limit, or several
+    # smaller ones; a request waits for its share at most decode_wait_s, then it is a 503
+    decode_pixels: int = field(default_factory=pixel_limit)
+    decode_wait_s: float = DECODE_WAIT_S
 
 
 class Model:
@@ -98,7 +106,8 @@ class Batcher:
 
     The first request of a batch waits up to ``max_wait_s`` for company, but only while other
     requests are still arriving (being received or decoded): a lone request runs at once, so
-    batching costs nothing at concurrency 1.
+    batching costs nothing at concurrency 1, and the wait ends as soon as the last request that
+    was arriving is queued or has failed.
     """
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], limits: Limits) -> None:
@@ -107,6 +116,7 @@ class Batcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="hpsearch-infer")
         self.arriving = 0  # requests being received or decoded, not yet queued
+        self.stirred = asyncio.Event()  # set when a request is queued or stops arriving
         self.batches = 0
         self.images = 0
 
@@ -118,10 +128,12 @@ class Batcher:
             yield
         finally:
             self.arriving -= 1
+            self.stirred.set()
 
     async def submit(self, images: torch.Tensor) -> torch.Tensor:
         done: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Job(images, done))
+        self.stirred.set()
         return await done
 
     async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
@@ -135,11 +147,13 @@ class Batcher:
             except asyncio.QueueEmpty:
                 left = deadline - loop.time()
                 if left <= 0 or not self.arriving:
-                    break
+                    break  # nothing is on its way (or the wait is over): run what we have
+                self.stirred.clear()
                 try:
-                    job = await asyncio.wait_for(self.queue.get(), left)
+                    await asyncio.wait_for(self.stirred.wait(), left)
                 except TimeoutError:
                     break
+                continue  # a request was queued, or one stopped arriving (it may have failed)
             if n + len(job.images) > self.limits.max_batch:
                 return jobs, job  # it starts the next batch
             jobs.append(job)
@@ -170,13 +184,40 @@ class Batcher:
                 start += len(j.images)
 
 
-def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]:
-    """What ``GET /model`` answers: the trial, its model, and where the checkpoint came from."""
+def model_info(
+    trial: FrozenTrial,
+    model: Model,
+    storage: str,
+    confirmed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ``GET /model`` answers: the trial, its model, and where the checkpoint came from.
+
+    ``confirmed`` is the study's record of ``hpsearch confirm``'s winner when that is what is
+    served (``--confirmed``): the checkpoint is then one of its confirm runs, and every field of
+    the provenance (artifact id, seed, finish time, device, versions, worker) is that run's,
+    not the search trial's.
+    """
     ckpt, attrs = model.ckpt, trial.user_attrs
+    provenance = _run_provenance(trial, ckpt, confirmed) if confirmed is not None else None
+    if provenance is None:
+        source = f"search trial {ckpt.trial}"
+        provenance = {
+            "artifact_id": attrs.get(CHECKPOINT_ATTR),
+            "finished": _local(trial.datetime_complete),
+            **{
+                k: attrs[k]
+                for k in (SEED_ATTR, DEVICE_ATTR, VERSIONS_ATTR, WORKER_ATTR)
+                if k in attrs
+            },
+        }
+    else:
+        run = provenance["confirm_run"]
+        source = f"confirm run {run['run']} of trial {ckpt.trial} (seed {run['seed']})"
     info: dict[str, Any] = {
         "study": ckpt.study,
         "trial": ckpt.trial,
-        "val_accuracy": ckpt.value,
+        "source": source,
+        "val_accuracy": ckpt.value,  # the served model's own (a confirm run's, with --confirmed)
         "params": ckpt.params,
         "image_size": ckpt.image_size,
         "classes": list(ckpt.classes),
@@ -184,26 +225,20 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
         "device": str(model.device),
         "checkpoint": {
             "path": str(ckpt.path),
-            "artifact_id": attrs.get(CHECKPOINT_ATTR),
             "sha256": hashlib.sha256(ckpt.path.read_bytes()).hexdigest(),
             "storage": storage,
-            "trial_finished": trial.datetime_complete.isoformat(timespec="seconds")
-            if trial.datetime_complete
-            else None,
-            **{
-                k: attrs[k]
-                for k in (SEED_ATTR, DEVICE_ATTR, VERSIONS_ATTR, WORKER_ATTR)
-                if k in attrs
-            },
+            **provenance,
         },
     }
+    if confirmed is not None and trial.values:
+        info["search_val_accuracy"] = trial.values[0]
     if CONFIRM_VAL_MEAN in attrs and CONFIRM_VAL_STD in attrs:
         info["confirmed_val_accuracy"] = {
             "mean": attrs[CONFIRM_VAL_MEAN],
             "std": attrs[CONFIRM_VAL_STD],
         }
     if LATENCY_MS_ATTR in attrs:  # measured after training (a deployment budget or an objective)
-        info["latency_ms"] = {
+        info["latency_ms"] = {  # of the trial's architecture, which a confirm run shares
             "value": attrs[LATENCY_MS_ATTR],
             "device": attrs.get(LATENCY_DEVICE_ATTR),
         }
@@ -215,6 +250,47 @@ def model_info(trial: FrozenTrial, model: Model, storage: str) -> dict[str, Any]
     return info
 
 
+def _run_provenance(
+    trial: FrozenTrial, ckpt: Checkpoint, confirmed: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The provenance of a confirm run's checkpoint: what the file says it is (its run and
+    seed) and what confirm recorded about that run; None for a checkpoint that is not a
+    confirm run's."""
+    run = ckpt.confirm
+    if run is None:
+        return None
+    seed = run.get("seed")
+    runs = trial.user_attrs.get(CONFIRM_RUNS)
+    entry: Mapping[str, Any] = (
+        next(
+            (r for r in runs if isinstance(r, dict) and r.get("seed") == seed),
+            {},
+        )
+        if isinstance(runs, list)
+        else {}
+    )
+    index = run.get("run")
+    return {
+        "artifact_id": confirmed.get("checkpoint"),
+        "confirm_run": {
+            "trial": ckpt.trial,
+            "run": index + 1 if isinstance(index, int) else None,  # counted from 1, as printed
+            "seed": seed,
+        },
+        # recorded by confirm since it records them; None for a run recorded before
+        "finished": entry.get("finished"),
+        "seed": seed,
+        "device": entry.get("device"),
+        "versions": ckpt.versions,
+        "worker": entry.get("worker"),
+    }
+
+
+def _local(when: datetime | None) -> str | None:
+    """Optuna's naive local time as ISO 8601 with the offset, as confirm records its runs'."""
+    return when.astimezone().isoformat(timespec="seconds") if when is not None else None
+
+
 # --- the app -----------------------------------------------------------------------------------
 
 
@@ -222,7 +298,23 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
     """The FastAPI app: ``info`` is what ``GET /model`` answers (see ``model_info``)."""
     ckpt = model.ckpt
     batcher = Batcher(model.probabilities, limits)
+    budget = PixelBudget(limits.decode_pixels, limits.decode_wait_s)
     answered_by = {"study": ckpt.study, "trial": ckpt.trial}
+
+    async def decode(uploads: list[tuple[str, bytes]]) -> torch.Tensor:
+        """The uploads decoded, holding the pixels that takes of the budget (the most of one
+        image: a request's images decode one after the other)."""
+        images = open_uploads(uploads, ckpt.image_size)  # headers only: a few microseconds
+        pixels = max(im.size[0] * im.size[1] for im in images)
+        try:
+            async with budget.hold(pixels):
+                decoded = await asyncio.to_thread(decode_opened, uploads, images, ckpt.image_size)
+        finally:
+            for im in images:  # closed already unless the wait failed
+                im.close()
+        if pixels >= TRIM_AFTER_PIXELS:
+            await asyncio.to_thread(give_back_memory)
+        return decoded
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -256,7 +348,7 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
     async def predict(request: Request) -> JSONResponse:
         with batcher.arrival():
             uploads = await read_uploads(request, limits.max_upload_bytes)
-            images = await asyncio.to_thread(decode_uploads, uploads, ckpt.image_size)
+            images = await decode(uploads)
         probs = await batcher.submit(images)
         out = []
         for (name, _), row in zip(uploads, probs.tolist(), strict=True):
@@ -271,11 +363,12 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
             )
         return JSONResponse({**answered_by, "predictions": out})
 
-    @app.get("/model")
+    # GET and HEAD (what uptime checks and load balancers often send; uvicorn sends no body)
+    @app.api_route("/model", methods=["GET", "HEAD"])
     async def model_route() -> JSONResponse:
         return JSONResponse(info)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         return JSONResponse(
             {
@@ -288,9 +381,9 @@ def create_app(model: Model, info: dict[str, Any], limits: Limits) -> FastAPI:
             }
         )
 
-    page = PAGE.replace("__MODEL__", json.dumps(info).replace("</", "<\\/"))
+    page = render_page(info)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> str:
         return page
 
@@ -318,9 +411,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         if sock is not None:
             sock.close()
-        raise HpsearchError(
-            f"cannot serve on {host}:{port}: {e.strerror or e} (try --port N)"
-        ) from None
+        raise bind_error("serve", host, port, e) from None
     return sock
 
 
@@ -328,7 +419,7 @@ def run(app: FastAPI, sock: socket.socket) -> None:
     """Serve on ``sock`` until Ctrl-C or SIGTERM, then stop cleanly."""
     import uvicorn
 
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    refuse_decompression_bombs()  # before the threads that decode start
     # python-multipart logs a warning per malformed body; the client gets its 400, that is enough
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)

@@ -29,6 +29,15 @@ def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     return f"http://{shown}:{port}{path}"
 
 
+def bind_error(what: str, host: str, port: int, e: OSError | OverflowError) -> HpsearchError:
+    """The one line for an address ``what`` (serve, the dashboard) cannot listen on: a host
+    name that does not resolve is said to be one (a ``--port`` hint would mislead)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, socket.gaierror):
+        return HpsearchError(f"--host {host}: cannot resolve this address ({why})")
+    return HpsearchError(f"cannot {what} on {host}:{port}: {why} (try --port N)")
+
+
 class _Quiet(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Every request on stderr would bury hpsearch's own lines; errors are still logged."""
@@ -51,10 +60,7 @@ def bind(storage: optuna.storages.BaseStorage, host: str, port: int, artifacts: 
     try:
         return make_server(host, port, app, server_class, _Quiet)
     except (OSError, OverflowError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise HpsearchError(
-            f"cannot serve the dashboard on {host}:{port}: {why} (try --port N)"
-        ) from None
+        raise bind_error("serve the dashboard", host, port, e) from None
 
 
 class _IPv6Server(WSGIServer):

@@ -1,10 +1,16 @@
 """The page ``hpsearch serve`` shows at ``/``: pick a photo, see its label and probabilities.
 
-Self-contained (no external scripts, styles or fonts), so it works with no internet. ``__MODEL__``
-is replaced by the JSON of ``GET /model``.
+Self-contained (no external scripts, styles or fonts), so it works with no internet. The lines
+under the title describe the model being served, from ``GET /model``'s fields, written by the
+server (:func:`render_page`): which model (a search trial, or a confirm run of one), and its
+checkpoint's provenance.
 """
 
 from __future__ import annotations
+
+import html
+import re
+from typing import Any
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -30,18 +36,15 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <h1>hpsearch serve</h1>
-<p class="meta" id="meta"></p>
+<p class="meta" id="meta">__META__</p>
+<p class="meta" id="provenance">__PROVENANCE__</p>
 <label>Photo: <input type="file" id="file" accept="image/*"></label>
 <img id="preview" alt="" hidden>
 <div id="label"></div>
 <div id="probs"></div>
 <p id="error"></p>
 <script>
-const model = __MODEL__;
 const $ = (id) => document.getElementById(id);
-$("meta").textContent = "study " + model.study + ", trial " + model.trial +
-  " (val accuracy " + model.val_accuracy.toFixed(4) + "), " + model.image_size + "px, classes " +
-  model.classes.join(", ");
 $("file").addEventListener("change", async () => {
   const file = $("file").files[0];
   $("label").textContent = ""; $("probs").textContent = ""; $("error").textContent = "";
@@ -72,3 +75,44 @@ $("file").addEventListener("change", async () => {
 </body>
 </html>
 """
+
+
+def _meta(info: dict[str, Any]) -> str:
+    """``study smoke, trial 3 (val accuracy 0.6250), 32px, classes cat, dog``; for a confirm
+    run, ``study smoke, confirm run 1 of trial 3 (seed 123; val accuracy 0.6300; trial 3
+    confirmed 0.6200 ± 0.0100), ...``."""
+    run = info["checkpoint"].get("confirm_run")
+    if run is None:
+        which = f"trial {info['trial']} (val accuracy {info['val_accuracy']:.4f})"
+    else:
+        which = (
+            f"confirm run {run['run']} of trial {info['trial']} (seed {run['seed']}; val "
+            f"accuracy {info['val_accuracy']:.4f}"
+        )
+        confirmed = info.get("confirmed_val_accuracy")
+        if confirmed:
+            which += (
+                f"; trial {info['trial']} confirmed {confirmed['mean']:.4f} ± "
+                f"{confirmed['std']:.4f}"
+            )
+        which += ")"
+    return (
+        f"study {info['study']}, {which}, {info['image_size']}px, classes "
+        f"{', '.join(info['classes'])}"
+    )
+
+
+def _provenance(info: dict[str, Any]) -> str:
+    """``checkpoint ID (sha256 0123abcd...), seed 42, finished 2025-01-01T12:00:00+00:00``."""
+    c = info["checkpoint"]
+    return (
+        f"checkpoint {c.get('artifact_id')} (sha256 {c['sha256'][:12]}...), seed "
+        f"{c.get('seed')}, finished {c.get('finished') or 'unrecorded'}"
+    )
+
+
+def render_page(info: dict[str, Any]) -> str:
+    """The page for the model ``info`` (``GET /model``) describes."""
+    lines = {"__META__": _meta(info), "__PROVENANCE__": _provenance(info)}
+    # one pass, so that a study name holding "__PROVENANCE__" stays as it is
+    return re.sub("__META__|__PROVENANCE__", lambda m: html.escape(lines[m[0]]), PAGE)

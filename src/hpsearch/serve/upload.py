@@ -1,13 +1,15 @@
 """What ``POST /predict`` accepts: reading uploads within a size limit and decoding them.
 
-Images are decoded by ``engine.images.decode_image``, the code path ``hpsearch predict`` and the
-validation split use, so the server and the CLI answer the same for the same file. Every way a
-request can be wrong is a ``BadInput``: a 4xx status and one line that says why.
+Images are opened and decoded by ``engine.images`` (``open_checked``, ``to_array``): the decode
+policy and the code path ``hpsearch predict`` uses, so the server and the CLI answer the same
+for the same file, and refuse the same files. Every way a request can be wrong is a
+``BadInput``: a 4xx status (or 503) and one line that says why.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import AsyncGenerator
 
 import numpy as np
@@ -15,10 +17,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from hpsearch.engine.images import decode_image
+from hpsearch.engine.images import TooManyPixels, open_checked, to_array
 from hpsearch.errors import first_line
+
+log = logging.getLogger("hpsearch")
 
 MAX_IMAGES_PER_REQUEST = 64
 
@@ -44,11 +48,24 @@ async def _body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise too_big
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise too_big
+            yield chunk
+    except ClientDisconnect:
+        # nobody is left to answer; one line for the operator instead of starlette's traceback
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        of = f" of {int(declared) / 1024:.1f} KiB" if declared.isdigit() else ""
+        log.warning(
+            "client %s disconnected during its upload to %s (%.1f KiB%s received)",
+            client,
+            request.url.path,
+            seen / 1024,
+            of,
+        )
+        raise BadInput(400, "the client disconnected during its upload") from None
 
 
 async def read_uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
@@ -91,26 +108,53 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
     return uploads
 
 
-def decode_uploads(uploads: list[tuple[str, bytes]], size: int) -> torch.Tensor:
-    """(N, size, size, 3) uint8, decoded exactly as ``hpsearch predict`` decodes files.
+def open_uploads(uploads: list[tuple[str, bytes]], size: int) -> list[Image.Image]:
+    """Each upload opened (its header read, nothing decoded) under the decode policy of
+    ``hpsearch predict``: an image over the decompression-bomb limit is refused here (413), so
+    ``.size`` of each says how many pixels decoding it takes. Close them (``decode_opened``
+    does)."""
+    images: list[Image.Image] = []
+    try:
+        for name, data in uploads:
+            try:
+                images.append(open_checked(io.BytesIO(data), _shown(name), size))
+            except TooManyPixels as e:
+                raise BadInput(413, str(e)) from None
+            except UnidentifiedImageError:
+                raise BadInput(
+                    415, f"file {_shown(name)} is not an image Pillow can read"
+                ) from None
+            except (OSError, ValueError, SyntaxError) as e:
+                raise _undecodable(name, e) from None
+    except BaseException:
+        for im in images:
+            im.close()
+        raise
+    return images
 
-    An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is refused:
-    past twice the limit Pillow raises; between once and twice it warns, which ``serve.run``
-    makes an error for the whole server process (a filter set per call would race between
-    threads).
-    """
+
+def decode_opened(
+    uploads: list[tuple[str, bytes]], images: list[Image.Image], size: int
+) -> torch.Tensor:
+    """(N, size, size, 3) uint8 from ``open_uploads``' images, decoded exactly as ``hpsearch
+    predict`` decodes files; closes them."""
     arrays = []
-    for name, data in uploads:
-        try:
-            arrays.append(decode_image(io.BytesIO(data), size))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise BadInput(
-                413,
-                f"file {_shown(name)} has more pixels than the decompression-bomb limit of "
-                f"{Image.MAX_IMAGE_PIXELS} (Pillow's MAX_IMAGE_PIXELS)",
-            ) from None
-        except UnidentifiedImageError:
-            raise BadInput(415, f"file {_shown(name)} is not an image Pillow can read") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise BadInput(422, f"file {_shown(name)} cannot be decoded: {first_line(e)}") from None
+    try:
+        for (name, _), im in zip(uploads, images, strict=True):
+            try:
+                arrays.append(to_array(im, size))
+            except (OSError, ValueError, SyntaxError) as e:
+                raise _undecodable(name, e) from None
+    finally:
+        for im in images:
+            im.close()
     return torch.from_numpy(np.stack(arrays))
+
+
+def decode_uploads(uploads: list[tuple[str, bytes]], size: int) -> torch.Tensor:
+    """``open_uploads`` then ``decode_opened``, in one go."""
+    return decode_opened(uploads, open_uploads(uploads, size), size)
+
+
+def _undecodable(name: str, e: BaseException) -> BadInput:
+    return BadInput(422, f"file {_shown(name)} cannot be decoded: {first_line(e)}")

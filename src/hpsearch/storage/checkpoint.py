@@ -19,7 +19,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,9 @@ class Checkpoint:
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     path: Path
+    versions: dict[str, str] = field(default_factory=dict)  # of the packages that trained it
+    # a confirm run's model (hpsearch confirm): {"run": its index from 0, "seed": its seed}
+    confirm: dict[str, Any] | None = None
 
     def model(self) -> nn.Module:
         """The trained network on the CPU, in eval mode."""
@@ -341,6 +344,8 @@ def checkpoint_from_blob(blob: Mapping[str, Any], path: Path) -> Checkpoint:
         config=json.loads(blob["config"]),
         state_dict=dict(blob["state_dict"]),
         path=path,
+        versions=dict(versions) if isinstance(versions := blob.get("versions"), dict) else {},
+        confirm=dict(confirm) if isinstance(confirm := blob.get("confirm"), dict) else None,
     )
 
 
