@@ -110,6 +110,39 @@ def test_sigkill_of_a_worker_mid_trial_keeps_the_count_exact(workdir: Path, pg_u
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
 
 
+def test_every_worker_killed_after_a_trial_is_a_failed_run(workdir: Path, pg_url: str) -> None:
+    """Both workers die once a trial has finished: the run gives the unstarted trials back,
+    which lowers the study's target to what finished; it must still exit 1, saying so (it said
+    nothing but '[wN] ended with signal 9' and exited 0, as if the budget had been reached)."""
+    proc = popen(
+        ["run", "--study", "smoke", "--trials", "12", "--workers", "2", "--study-name", "dead",
+         "--storage", pg_url, "--set", "train.epochs=3", "--set", "search.pruner=none", *TINY],
+        workdir,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    pids: dict[str, int] = {}
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.match(r"\[(w\d)\] started pid (\d+)", line)
+        if m:
+            pids[m[1]] = int(m[2])
+        if "finished: val_acc" in line and len(pids) == 2:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert proc.returncode == 1, out
+    assert "[w0] ended with signal 9" in out and "[w1] ended with signal 9" in out
+    err = [x for x in out.splitlines() if x.startswith("hpsearch: error:")]
+    assert len(err) == 1, out
+    assert "the budget of 12 finished trials was not reached (2 workers failed" in err[0], out
+    assert "Traceback" not in out
+    study = optuna.load_study(study_name="dead", storage=pg_url)
+    assert 1 <= finished(study) < 12
+
+
 def test_a_second_worker_joins_and_respects_the_budget(workdir: Path, pg_url: str) -> None:
     args = ["--study", "smoke", "--storage", pg_url, "--set", "train.epochs=3", *TINY]
     early = hpsearch(["worker", *args], workdir)

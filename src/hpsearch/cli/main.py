@@ -321,8 +321,16 @@ def _print_summary(summary: RunSummary) -> int:
         storage_flag = " --storage URL (the --storage given here; its password is not shown)"
     print(f"browse: hpsearch dashboard --study {summary.study_name}{storage_flag}")
     if not summary.done:
+        why = ""
+        if summary.worker_exits and summary.given_back:
+            n = len(summary.worker_exits)
+            why = (
+                f" ({n} worker{'' if n == 1 else 's'} failed, see above; "
+                f"{summary.given_back} unstarted trial{'' if summary.given_back == 1 else 's'} "
+                "given back)"
+            )
         print(
-            f"hpsearch: error: the budget of {summary.goal} finished trials was not reached",
+            f"hpsearch: error: the budget of {summary.goal} finished trials was not reached{why}",
             file=sys.stderr,
         )
         return 1

@@ -247,11 +247,15 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         given_back = opened.close()
     reached = opts.deadline is not None and time.time() >= opts.deadline and given_back > 0
     summary = _summary(cfg, study, share, url, tuple(exits))
+    # workers that died with the share unfinished: giving the rest back lowered the target to
+    # what finished, which must not read as a budget reached
+    died = bool(exits) and given_back > 0 and not reached
     return replace(
         summary,
         # the deadline asked for ends it (even before any trial finished, when the study's
         # target went back to 0), unless a worker failed
-        done=summary.done or (reached and not exits),
+        done=(summary.done and not died) or (reached and not exits),
+        goal=share.target if died else summary.goal,
         trials=opts.trials,
         deadline_reached=reached,
         given_back=given_back,
