@@ -32,6 +32,14 @@ def bench(script: str, *args: str, cwd: Path, timeout: float = 300) -> str:
     return r.stdout
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "bench").glob("*.py")))
+def test_help(script: str, tmp_path: Path) -> None:
+    """Every bench script, a new one included, at least parses its arguments: ``--help`` exits 0
+    and prints its usage (one that no longer imports or builds its parser fails here)."""
+    out = bench(script, "--help", cwd=tmp_path, timeout=120)
+    assert out.startswith("usage:"), out
+
+
 def test_decode(data_root: Path, tmp_path: Path) -> None:
     out = bench("decode.py", "--data", str(data_root / "train"), "--n", "6", "--size", "16",
                 "--rounds", "1", cwd=tmp_path)  # fmt: skip
