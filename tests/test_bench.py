@@ -63,6 +63,16 @@ def test_storage(tmp_path: Path) -> None:
         ("sqlite", "1", "True"),
         ("sqlite", "2", "True"),
     ], out
+    # the figures beside their targets: the join, the reads (as the CLI runs them), the capacity
+    assert re.search(r"^join: a new worker on 10 trials starts its first trial after [\d.]+ s "
+                     r"\(target < 1 s on 10000: (met|missed by .*)\)$", out, re.M), out  # fmt: skip
+    for what in ("status", "best", "trials"):
+        line = rf"^read: hpsearch {what} on 10 trials: [\d.]+ s \([\d.]+ s after start-up\) "
+        assert re.search(line + r"\(target < 1 s: (met|missed by .*)\)$", out, re.M), out
+    assert re.search(r"^\S+\s+10\s+2\s.*\s\d+\s+True$", out, re.M), out  # connections held
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"capacity: [\d.]+ finished trials/s \(target >= 50: (met|missed by .*)\)",
+                        last), out  # fmt: skip
 
 
 def test_serve(data_root: Path, tmp_path: Path) -> None:
