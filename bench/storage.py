@@ -259,6 +259,7 @@ READ_COMMANDS = {
 }
 _TIMED = (
     "import sys, time\n"
+    "import optuna, sqlalchemy, hpsearch.results.read, hpsearch.cli.results\n"
     "from hpsearch.cli.main import main\n"
     "t = time.perf_counter()\n"
     "code = main(sys.argv[1:])\n"
@@ -269,7 +270,8 @@ _TIMED = (
 
 def read_command(what: str, url: str, name: str, tmp: str) -> tuple[float, float]:
     """``hpsearch <what>`` on study ``name`` in a subprocess: (wall seconds, seconds of the
-    command itself after Python's start and imports)."""
+    command itself after Python's start and the imports of Optuna, SQLAlchemy and hpsearch's
+    read commands)."""
     args = [a.format(tmp=tmp) for a in READ_COMMANDS[what]]
     argv = [*args[:1], "--study", name, "--storage", url, *args[1:]]
     t0 = time.perf_counter()

@@ -166,7 +166,7 @@ def _comparable(t: optuna.trial.FrozenTrial) -> str:
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgresql"])
-def test_rdb_get_trials_reads_what_optunas_orm_reads(
+def test_rdb_get_trials_and_get_trial_read_what_optunas_orm_reads(
     backend_name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """hpsearch reads trials in bulk without the ORM (ten times faster on a big study): for every
@@ -178,7 +178,9 @@ def test_rdb_get_trials_reads_what_optunas_orm_reads(
         else f"sqlite:///{tmp_path / 'v.db'}"
     )
     storage, sid = _varied_study(url)
-    assert type(storage)._get_trials is not RDBStorage._get_trials  # the fast one is in use
+    # the fast ones are in use
+    assert type(storage)._get_trials is not RDBStorage._get_trials
+    assert type(storage).get_trial is not RDBStorage.get_trial
     ids = [optuna_private.trial_id(t) for t in storage.get_all_trials(sid)]
     asks: list[tuple[object, set[int], int]] = [
         (None, set(), -1),
@@ -195,6 +197,11 @@ def test_rdb_get_trials_reads_what_optunas_orm_reads(
         assert [_comparable(t) for t in fast] == [_comparable(t) for t in orm]
     with pytest.raises(KeyError):
         optuna_private.rdb_get_trials(storage, sid + 100, None, set(), -1)
+    for tid in ids:  # one trial, as get_trial reads it
+        fast_one, orm_one = storage.get_trial(tid), RDBStorage.get_trial(storage, tid)
+        assert _comparable(fast_one) == _comparable(orm_one)
+    with pytest.raises(KeyError):
+        storage.get_trial(max(ids) + 100)
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgresql"])

@@ -77,6 +77,7 @@ _MODULE_NAMES = (
     ("optuna.storages._rdb.models", "TrialHeartbeatModel"),
     ("optuna.storages._rdb.models", "TrialIntermediateValueModel"),
     ("optuna.storages._rdb.models", "StudyModel"),
+    ("optuna.storages._rdb.models", "NOT_FOUND_MSG"),
     ("optuna.storages._rdb.models", "TrialParamModel"),
     ("optuna.storages._rdb.models", "TrialValueModel"),
     ("optuna.storages._rdb.models", "TrialSystemAttributeModel"),
@@ -448,34 +449,54 @@ def rdb_get_trials(
         found = conn.execute(sa.select(study_t.c.study_id).where(study_t.c.study_id == study_id))
         if found.first() is None:
             raise KeyError(f"No study with study_id {study_id} exists.")  # as find_or_raise_by_id
-        rows = conn.execute(
-            sa.select(
-                trials_t.c.trial_id,
-                trials_t.c.number,
-                trials_t.c.state,
-                trials_t.c.datetime_start,
-                trials_t.c.datetime_complete,
-            )
+        return _read_trials(conn, where, included if post_filter else None, trial_id_greater_than)
+
+
+def rdb_get_trial(storage: RDBStorage, trial_id: int) -> FrozenTrial:
+    """What ``RDBStorage.get_trial`` returns, read as :func:`rdb_get_trials` reads trials (the
+    ORM's way is six queries and its objects; a worker reads its trial three times a trial)."""
+    trials_t = _models.TrialModel.__table__
+    with storage.engine.connect() as conn:
+        found = _read_trials(conn, trials_t.c.trial_id == trial_id, None, -1)
+    if not found:
+        raise KeyError(_models.NOT_FOUND_MSG)  # as RDBStorage's
+    return found[0]
+
+
+def _read_trials(
+    conn: sa.Connection, where: Any, included: set[int] | None, trial_id_greater_than: int
+) -> list[FrozenTrial]:
+    """The trials that ``where`` selects, by trial id; with ``included``, only those in it or
+    above ``trial_id_greater_than``."""
+    trials_t = _models.TrialModel.__table__
+    rows = conn.execute(
+        sa.select(
+            trials_t.c.trial_id,
+            trials_t.c.number,
+            trials_t.c.state,
+            trials_t.c.datetime_start,
+            trials_t.c.datetime_complete,
+        )
+        .where(where)
+        .order_by(trials_t.c.trial_id)
+    ).all()
+    if included is not None:
+        rows = [r for r in rows if r[0] in included or r[0] > trial_id_greater_than]
+    if not rows:
+        return []
+    children: dict[str, dict[int, list[Any]]] = {}
+    for model_name, columns, id_column in _CHILDREN:
+        table = getattr(_models, model_name).__table__
+        by_trial: dict[int, list[Any]] = {}
+        query = (
+            sa.select(table.c.trial_id, *(table.c[c] for c in columns))
+            .join(trials_t, trials_t.c.trial_id == table.c.trial_id)
             .where(where)
-            .order_by(trials_t.c.trial_id)
-        ).all()
-        if post_filter:
-            rows = [r for r in rows if r[0] in included or r[0] > trial_id_greater_than]
-        if not rows:
-            return []
-        children: dict[str, dict[int, list[Any]]] = {}
-        for model_name, columns, id_column in _CHILDREN:
-            table = getattr(_models, model_name).__table__
-            by_trial: dict[int, list[Any]] = {}
-            query = (
-                sa.select(table.c.trial_id, *(table.c[c] for c in columns))
-                .join(trials_t, trials_t.c.trial_id == table.c.trial_id)
-                .where(where)
-                .order_by(table.c[id_column])
-            )
-            for row in conn.execute(query):
-                by_trial.setdefault(row[0], []).append(row)
-            children[model_name] = by_trial
+            .order_by(table.c[id_column])
+        )
+        for row in conn.execute(query):
+            by_trial.setdefault(row[0], []).append(row)
+        children[model_name] = by_trial
     dists: dict[str, Any] = {}
     value_of = _models.TrialValueModel.stored_repr_to_value
     step_value_of = _models.TrialIntermediateValueModel.stored_repr_to_intermediate_value

@@ -260,4 +260,11 @@ def _get_trials_retrying(
     )
 
 
+def _get_trial_retrying(self: ResilientRDBStorage, trial_id: int) -> optuna.trial.FrozenTrial:
+    """``get_trial`` read without the ORM as well (a worker reads its trial three times a
+    trial: when it is asked, told, and handed to the callbacks)."""
+    return retrying(lambda: optuna_private.rdb_get_trial(self, trial_id), "get_trial", url=self.url)
+
+
 optuna_private.override_get_trials(ResilientRDBStorage, _get_trials_retrying)
+ResilientRDBStorage.get_trial = _get_trial_retrying  # type: ignore[method-assign]
