@@ -494,7 +494,7 @@ def _read_trials(
             .where(where)
             .order_by(table.c[id_column])
         )
-        for row in conn.execute(query):
+        for row in conn.execute(query).all():  # fetchall: psycopg's fetchone per row is slow
             by_trial.setdefault(row[0], []).append(row)
         children[model_name] = by_trial
     dists: dict[str, Any] = {}
