@@ -18,7 +18,8 @@ backend and size is prefilled once and each worker count raises its budget in tu
 
 Then, on the largest prefilled PostgreSQL study: the join, how long a new worker (a fresh
 process, timed from after its imports) takes from opening the storage and the study (the study
-names and the trial count, as ``hpsearch worker`` reads them) to its first claimed trial; and the
+names, the state index and the trial count, as ``hpsearch worker`` reads them) to its first
+claimed trial; and the
 read commands ``hpsearch status``, ``best``, ``trials --csv`` (and ``report`` with --report), each
 run as the CLI runs them, in a subprocess: the wall time, and in brackets the command's own time
 after Python's start and imports. Last, beside their targets: the join, the reads, and the line
@@ -47,6 +48,7 @@ import psycopg
 import sqlalchemy as sa
 
 from hpsearch.search.workers import run_until_budget
+from hpsearch.storage import optuna_private
 from hpsearch.storage.claims import claim_lock
 from hpsearch.storage.state import TARGET_ATTR, count_states, record_on_trial, trial_count
 from hpsearch.storage.urls import open_storage
@@ -91,11 +93,21 @@ class TimedLock:
 
 
 def worker(url: str, name: str, out: Any) -> None:
+    """Run the claim loop; put (timings, seconds to the first trial), or the error's last line
+    (the database refused a connection, say), on ``out``."""
+    try:
+        run_worker(url, name, out)
+    except Exception as e:
+        out.put(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
+
+
+def run_worker(url: str, name: str, out: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     entered = time.perf_counter()
     storage = open_storage(url, heartbeat=10)
     # what hpsearch's open_study reads before loading a study it joins
     assert name in optuna.study.get_all_study_names(storage)
+    optuna_private.ensure_state_index(storage.engine)
     trial_count(storage, storage.get_study_id_from_name(name))
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
@@ -229,12 +241,16 @@ def one(
         p.start()
     results = [q.get() for _ in procs]
     held = max(0, conns.most - base) if conns is not None else None
+    for p in procs:
+        p.join()
+    errors = sorted({r for r in results if isinstance(r, str)})
+    if errors:  # the others ran the budget out (nothing was claimed twice): say why, go on
+        return {"error": f"{len(errors)} kind(s) of worker failure: {'; '.join(errors)}",
+                "connections": held}  # fmt: skip
     rows = [x for r in results for x in r[0]]
     joins = [r[1] for r in results if r[1] is not None]
     timings = [r[0] for r in rows]
     wall = max(r[4] for r in rows) - min(r[3] for r in rows)  # first claim to last tell
-    for p in procs:
-        p.join()
     finished, running = count_states(study)
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     ok = finished == goal and running == 0 and len(numbers) == len(set(numbers)) == goal
@@ -338,12 +354,17 @@ def main() -> None:
                         if backend == "postgresql":
                             with Connections(args.pg, db) as conns:
                                 r = one(urls[backend], name, w, args.per_worker, conns)
-                            rates.append(r["trials/s"])
-                            if r["join_s"] is not None and w == 1:
+                            if "error" not in r:
+                                rates.append(r["trials/s"])
+                            if r.get("join_s") is not None and w == 1:
                                 joins[n_prefill] = r["join_s"]
                         else:
                             r = one(urls[backend], name, w, args.per_worker, None)
                         held = "-" if r["connections"] is None else str(r["connections"])
+                        if "error" in r:
+                            print(f"{backend:10s} {n_prefill:7d} {w:7d}  failed ({held} "
+                                  f"connections held): {r['error']}", flush=True)  # fmt: skip
+                            continue
                         print(
                             f"{backend:10s} {n_prefill:7d} {w:7d} {r['trials/s']:9.1f} "
                             f"{r['median_ms']:9.1f} {r['p95_ms']:8.1f} {r['lock_ms']:8.1f} "

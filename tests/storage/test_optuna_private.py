@@ -242,3 +242,34 @@ def test_an_epoch_is_three_statements_and_writes_what_optuna_would(
         record_on_trial(trial, {"late": 1}, step=3, value=1.0)
     after = storage.get_trial(trial._trial_id)
     assert "late" not in after.user_attrs and 3 not in after.intermediate_values
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgresql"])
+def test_the_state_index_is_added_once_and_a_read_only_database_is_left_alone(
+    backend_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The index on trials (study_id, state, trial_id) that run and worker add (Optuna's schema
+    indexes trials by study only): made once, made again without error, and on a database that
+    cannot take it nothing fails."""
+    import sqlalchemy as sa
+
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend_name == "postgresql"
+        else f"sqlite:///{tmp_path / 'i.db'}"
+    )
+    engine = open_storage(url).engine
+    names = [i["name"] for i in sa.inspect(engine).get_indexes(optuna_private.TRIALS_TABLE)]
+    assert optuna_private.STATE_INDEX not in names  # Optuna's own schema lacks it
+    assert optuna_private.ensure_state_index(engine)
+    assert optuna_private.ensure_state_index(engine)  # already there
+    index = next(
+        i
+        for i in sa.inspect(engine).get_indexes(optuna_private.TRIALS_TABLE)
+        if i["name"] == optuna_private.STATE_INDEX
+    )
+    assert index["column_names"] == ["study_id", "state", "trial_id"]
+    if backend_name == "sqlite":
+        open_storage(f"sqlite:///{tmp_path / 'ro.db'}")
+        ro = sa.create_engine(f"sqlite:///file:{tmp_path / 'ro.db'}?mode=ro&uri=true")
+        assert not optuna_private.ensure_state_index(ro)

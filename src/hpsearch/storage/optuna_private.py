@@ -541,3 +541,27 @@ def _read_trials(
             )
         )
     return out
+
+
+# --- an index Optuna's schema lacks ---------------------------------------------------------
+
+STATE_INDEX = "hpsearch_trials_study_state"
+
+
+def ensure_state_index(engine: sa.Engine) -> bool:
+    """Add an index on the trials' (study_id, state, trial_id) unless there is one; returns
+    whether the index is there now.
+
+    Optuna indexes trials by study only, so every query of a study's RUNNING or WAITING trials,
+    its counts by state (the claim loop's budget check) and the count that numbers a new trial
+    read every row of the study: 30-50 ms each on 10,000 trials, several times a trial, which is
+    how a worker's time per trial grows with the study (optuna#3053). With the index they read
+    the few rows they need. Optuna ignores an index it did not make. A database that cannot
+    take it (read-only, another process adding it at the same moment) is left as it is."""
+    ddl = f"CREATE INDEX IF NOT EXISTS {STATE_INDEX} ON {TRIALS_TABLE} (study_id, state, trial_id)"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(ddl))
+    except sa.exc.DBAPIError:
+        pass
+    return any(i["name"] == STATE_INDEX for i in sa.inspect(engine).get_indexes(TRIALS_TABLE))

@@ -293,6 +293,7 @@ def open_for_run(
         with held(lock):
             study = open_study(cfg, storage, name)
             check_reuse(study, cfg, allow_other_file=allow_other_file, record=True)
+            index_states(storage)
             share = join(study, trials, lease, uuid.uuid4().hex[:12])
     except BaseException:
         lease.release()
@@ -336,4 +337,13 @@ def join_study(
                 raise
             time.sleep(2)
     check_reuse(study, cfg, allow_other_file=allow_other_file, record=False)
+    index_states(optuna_private.storage_of(study))
     return study, goal
+
+
+def index_states(storage: optuna.storages.BaseStorage) -> None:
+    """Index the trials by study and state (see ``optuna_private.ensure_state_index``), once the
+    study is one this command may add trials to (a refused command writes nothing)."""
+    rdb = optuna_private.backend(storage)
+    if isinstance(rdb, optuna.storages.RDBStorage):
+        optuna_private.ensure_state_index(rdb.engine)
