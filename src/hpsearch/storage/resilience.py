@@ -267,4 +267,4 @@ def _get_trial_retrying(self: ResilientRDBStorage, trial_id: int) -> optuna.tria
 
 
 optuna_private.override_get_trials(ResilientRDBStorage, _get_trials_retrying)
-ResilientRDBStorage.get_trial = _get_trial_retrying  # type: ignore[method-assign]
+ResilientRDBStorage.get_trial = _get_trial_retrying  # type: ignore[method-assign,assignment]
