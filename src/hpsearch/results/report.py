@@ -102,6 +102,8 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
                 ax = _plotters()[key](study, **extra)
                 if key == "optimization_history":
                     mark_history(ax, story)
+                if key == "intermediate_values":
+                    _drop_long_legend(ax)
             fig = _figure(ax)
             fig.set_size_inches(11 if key == "parallel_coordinate" else 8, 5)
             _save(fig, path)
@@ -118,6 +120,17 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     _atomic_text(summary, _summary(study, trials, completed, story, shown, notes))
     written.append(summary)
     return written
+
+
+MAX_LEGEND = 20  # entries; Optuna's per-epoch plot has one per trial
+
+
+def _drop_long_legend(ax: Any) -> None:
+    """Remove a legend of more than MAX_LEGEND entries: one per trial names nothing a reader can
+    find among hundreds of lines, and laying out 10,000 entries took matplotlib minutes."""
+    legend = ax.get_legend()
+    if legend is not None and len(legend.get_texts()) > MAX_LEGEND:
+        legend.remove()
 
 
 def _accuracy(t: optuna.trial.FrozenTrial) -> float:
