@@ -558,10 +558,16 @@ def ensure_state_index(engine: sa.Engine) -> bool:
     how a worker's time per trial grows with the study (optuna#3053). With the index they read
     the few rows they need. Optuna ignores an index it did not make. A database that cannot
     take it (read-only, another process adding it at the same moment) is left as it is."""
+
+    def there() -> bool:
+        return any(i["name"] == STATE_INDEX for i in sa.inspect(engine).get_indexes(TRIALS_TABLE))
+
+    if there():  # read first: CREATE INDEX IF NOT EXISTS locks the table against writes
+        return True
     ddl = f"CREATE INDEX IF NOT EXISTS {STATE_INDEX} ON {TRIALS_TABLE} (study_id, state, trial_id)"
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(ddl))
     except sa.exc.DBAPIError:
         pass
-    return any(i["name"] == STATE_INDEX for i in sa.inspect(engine).get_indexes(TRIALS_TABLE))
+    return there()
