@@ -32,6 +32,14 @@ def bench(script: str, *args: str, cwd: Path, timeout: float = 300) -> str:
     return r.stdout
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "bench").glob("*.py")))
+def test_help(script: str, tmp_path: Path) -> None:
+    """Every bench script, a new one included, at least parses its arguments: ``--help`` exits 0
+    and prints its usage (one that no longer imports or builds its parser fails here)."""
+    out = bench(script, "--help", cwd=tmp_path, timeout=120)
+    assert out.startswith("usage:"), out
+
+
 def test_decode(data_root: Path, tmp_path: Path) -> None:
     out = bench("decode.py", "--data", str(data_root / "train"), "--n", "6", "--size", "16",
                 "--rounds", "1", cwd=tmp_path)  # fmt: skip
@@ -55,6 +63,16 @@ def test_storage(tmp_path: Path) -> None:
         ("sqlite", "1", "True"),
         ("sqlite", "2", "True"),
     ], out
+    # the figures beside their targets: the join, the reads (as the CLI runs them), the capacity
+    assert re.search(r"^join: a new worker on 10 trials starts its first trial after [\d.]+ s "
+                     r"\(target < 1 s on 10000: (met|missed by .*)\)$", out, re.M), out  # fmt: skip
+    for what in ("status", "best", "trials"):
+        line = rf"^read: hpsearch {what} on 10 trials: [\d.]+ s \([\d.]+ s after start-up\) "
+        assert re.search(line + r"\(target < 1 s: (met|missed by .*)\)$", out, re.M), out
+    assert re.search(r"^\S+\s+10\s+2\s.*\s\d+\s+True$", out, re.M), out  # connections held
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"capacity: [\d.]+ finished trials/s \(target >= 50: (met|missed by .*)\)",
+                        last), out  # fmt: skip
 
 
 def test_serve(data_root: Path, tmp_path: Path) -> None:

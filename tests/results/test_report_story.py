@@ -363,3 +363,52 @@ def test_report_after_a_real_confirm(smoke_study: Path, tmp_path: Path, data_roo
     table = summary[summary.index("```text\n") + 8 : summary.index("\n```\n")].splitlines()
     assert table == printed[head : head + 3]
     assert "the dashed line is the seed CNN (trial 0: " in summary
+
+
+def test_the_per_epoch_plot_names_a_few_trials_not_hundreds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's per-epoch plot has a legend entry per trial: kept for a few trials, dropped past
+    report.MAX_LEGEND (a 10,000-trial study's legend took matplotlib minutes to lay out)."""
+    (tmp_path / "few").mkdir()
+    (tmp_path / "many").mkdir()
+    few, many = new_study(tmp_path / "few"), new_study(tmp_path / "many")
+    for i in range(3):
+        tell(few, 0.5 + i / 100)
+    for i in range(report.MAX_LEGEND + 5):
+        tell(many, 0.5 + i / 100)
+    figures = Figures(monkeypatch)
+    write(few, tmp_path / "few" / "report")
+    assert len(figures.legends["intermediate_values"]) == 3
+    write(many, tmp_path / "many" / "report")
+    assert figures.legends["intermediate_values"] == []
+    assert (tmp_path / "many" / "report" / "intermediate_values.png").is_file()
+
+
+def test_past_max_lines_the_per_epoch_plot_is_one_collection_of_every_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study of more than report.MAX_LINES trials with epoch values gets its per-epoch plot as
+    one collection of lines (Optuna's draws a line and a legend entry per trial: 20 s for 10,000
+    trials), every trial's curve in it."""
+    from matplotlib.collections import LineCollection
+
+    study = new_study(tmp_path)
+    for i in range(8):
+        tell(study, 0.5 + i / 100)
+    monkeypatch.setattr(report, "MAX_LINES", 5)
+    drawn: list[int] = []
+    save = report._save
+
+    def spy(fig: Any, path: Path) -> None:
+        if path.stem == "intermediate_values":
+            ax = fig.axes[0]
+            assert ax.get_legend() is None
+            drawn.extend(
+                len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)
+            )
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", spy)
+    write(study, tmp_path / "report")
+    assert drawn == [8]

@@ -238,3 +238,32 @@ def test_a_new_trial_still_sampling_is_not_taken_for_an_orphan(tmp_path: Path) -
         stop.set()
         checker.join(30)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+
+
+def test_a_joining_worker_reads_no_finished_trial_before_its_first(pg_url: str) -> None:
+    """A worker that joins a big study claims its first trial without loading the study's
+    finished trials (the waiting trials are read from the database, not through Optuna's cache,
+    whose first read loads them all: seconds on 10,000 trials); a sampler that needs them reads
+    them itself. (On PostgreSQL, whose driver counts the rows a SELECT returns.)"""
+    import sqlalchemy as sa
+
+    _, made = new_study(pg_url)
+    made.add_trials([done() for _ in range(40)])
+    made.set_user_attr(TARGET_ATTR, 41)
+    storage = open_storage(pg_url, heartbeat=1)
+    study = optuna.load_study(
+        study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+    rows: list[int] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            rows.append(int(getattr(cursor, "rowcount", 0)))
+
+    sa.event.listen(storage.engine, "after_cursor_execute", count)
+    assert (
+        run_until_budget(study, objective, claim_lock(storage, "s"), poll_seconds=0.1) == "budget"
+    )
+    sa.event.remove(storage.engine, "after_cursor_execute", count)
+    assert rows and max(rows) < 40, rows
+    assert finished(study) == 41

@@ -66,9 +66,8 @@ def open_existing(url: str, name: str, any_objective: bool = False) -> optuna.St
     shown = mask_url(url)
     require_studies(url)  # never creates a database or its tables
     storage = open_storage(url)
-    names = sorted(
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    )
+    # the names only: a study summary loads (and copies) every trial of every study
+    names = sorted(optuna.study.get_all_study_names(storage))
     if name not in names:
         known = ", ".join(names) or "none"
         raise StorageError(f"no study named {name!r} in {shown} (studies: {known})")

@@ -85,7 +85,10 @@ def reruns_first(study: optuna.Study) -> None:
     replaces that choice on this study object (Optuna's own, same logic, another order)."""
 
     def pop() -> int | None:
-        storage = optuna_private.storage_of(study)
+        # the database's WAITING trials, not through Optuna's cache: the cache's first read
+        # loads every trial of the study, which made a worker joining a 10,000-trial study
+        # wait seconds for its first trial (a sampler that needs them loads them itself)
+        storage = optuna_private.study_backend(study)
         waiting = storage.get_all_trials(
             optuna_private.study_id(study), deepcopy=False, states=(TrialState.WAITING,)
         )

@@ -239,3 +239,32 @@ for _name in _RETRIED:
 optuna_private.override_create_new_trial(
     ResilientRDBStorage, ResilientRDBStorage.create_trial_retrying
 )
+
+
+def _get_trials_retrying(
+    self: ResilientRDBStorage,
+    study_id: int,
+    states: Any,
+    included_trial_ids: set[int],
+    trial_id_greater_than: int,
+) -> list[optuna.trial.FrozenTrial]:
+    """How this storage reads trials in bulk (``get_all_trials`` and Optuna's cache layer):
+    the same trials as RDBStorage's own, read without the ORM (see
+    :func:`hpsearch.storage.optuna_private.rdb_get_trials`), retried like every call."""
+    return retrying(
+        lambda: optuna_private.rdb_get_trials(
+            self, study_id, states, included_trial_ids, trial_id_greater_than
+        ),
+        "reading trials",
+        url=self.url,
+    )
+
+
+def _get_trial_retrying(self: ResilientRDBStorage, trial_id: int) -> optuna.trial.FrozenTrial:
+    """``get_trial`` read without the ORM as well (a worker reads its trial three times a
+    trial: when it is asked, told, and handed to the callbacks)."""
+    return retrying(lambda: optuna_private.rdb_get_trial(self, trial_id), "get_trial", url=self.url)
+
+
+optuna_private.override_get_trials(ResilientRDBStorage, _get_trials_retrying)
+ResilientRDBStorage.get_trial = _get_trial_retrying  # type: ignore[method-assign,assignment]

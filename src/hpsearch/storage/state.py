@@ -185,6 +185,17 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
 
 
+def trial_count(storage: optuna.storages.BaseStorage, study_id: int) -> int:
+    """How many trials the study has, in any state: counted by an SQL database in one query,
+    without loading them."""
+    backend = optuna_private.backend(storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return len(storage.get_all_trials(study_id, deepcopy=False))
+    engine = backend.engine
+    rows = retrying(lambda: optuna_private.state_count_rows(engine, study_id), "counting trials")
+    return sum(int(n) for _, n in rows)
+
+
 def count_states(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials, counted by the database in one query."""
     by_state = state_counts(study)

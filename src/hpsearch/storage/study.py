@@ -36,6 +36,7 @@ from hpsearch.storage.state import (
     OBJECTIVES_ATTR,
     fresh_trials,
     target,
+    trial_count,
 )
 from hpsearch.storage.urls import check_storage, open_storage
 
@@ -130,9 +131,8 @@ def open_study(
     seed_offset: int = 0,
 ) -> optuna.Study:
     """Load the study, creating it (and enqueuing the seed baseline) when ``create`` and new."""
-    names = {
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
+    # the names only: a study summary loads (and copies) every trial of every study
+    names = set(optuna.study.get_all_study_names(storage))
     exists = study_name in names
     if not exists and not create:
         known = ", ".join(sorted(names)) or "none"
@@ -140,7 +140,7 @@ def open_study(
     n_existing = 0
     if exists:
         study_id = storage.get_study_id_from_name(study_name)
-        n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+        n_existing = trial_count(storage, study_id)
     else:
         # Whoever creates the study sets it up (the baseline is enqueued once): two commands
         # that both found no study race here, and the database lets one of them win.
@@ -303,6 +303,7 @@ def open_for_run(
         with held(lock):
             study = open_study(cfg, storage, name)
             check_reuse(study, cfg, allow_other_file=allow_other_file, record=True)
+            index_states(storage)
             share = join(study, trials, lease, uuid.uuid4().hex[:12], deadline)
     except BaseException:
         lease.release()
@@ -346,4 +347,13 @@ def join_study(
                 raise
             time.sleep(2)
     check_reuse(study, cfg, allow_other_file=allow_other_file, record=False)
+    index_states(optuna_private.storage_of(study))
     return study, goal
+
+
+def index_states(storage: optuna.storages.BaseStorage) -> None:
+    """Index the trials by study and state (see ``optuna_private.ensure_state_index``), once the
+    study is one this command may add trials to (a refused command writes nothing)."""
+    rdb = optuna_private.backend(storage)
+    if isinstance(rdb, optuna.storages.RDBStorage):
+        optuna_private.ensure_state_index(rdb.engine)
