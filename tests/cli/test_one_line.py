@@ -95,7 +95,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
 # --- sizes -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
 def test_full_disk_while_building_the_cache(workdir: Path, full_disk: Path) -> None:

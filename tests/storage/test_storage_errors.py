@@ -74,7 +74,7 @@ def read_only_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pat
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt / "hpsearch.db"
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
 @pytest.mark.slow
