@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -25,6 +27,24 @@ def states(study: optuna.Study) -> list[TrialState]:
 
 def finished(study: optuna.Study) -> int:
     return sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states(study))
+
+
+def read_until(
+    proc: subprocess.Popen[str], stop: Callable[[str, dict[str, int]], bool]
+) -> tuple[dict[str, int], list[str]]:
+    """Read a launcher's output until ``stop(line, pids)``; the workers' pids by name (w0, w1)
+    from its "[wN] started pid P" lines, and the lines read."""
+    assert proc.stdout is not None
+    pids: dict[str, int] = {}
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.match(r"\[(w\d)\] started pid (\d+)", line)
+        if m:
+            pids[m[1]] = int(m[2])
+        if stop(line, pids):
+            break
+    return pids, lines
 
 
 def test_three_workers_run_exactly_eight_overlapping_trials(workdir: Path, pg_url: str) -> None:
@@ -87,17 +107,8 @@ def test_sigkill_of_a_worker_mid_trial_keeps_the_count_exact(workdir: Path, pg_u
         ],
         workdir,
     )
-    assert proc.stdout is not None
-    pids: dict[str, int] = {}
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.match(r"\[(w\d)\] started pid (\d+)", line)
-        if m:
-            pids[m[1]] = int(m[2])
-        if line.startswith("[w1]") and "epoch 2/5" in line:
-            os.kill(pids["w1"], signal.SIGKILL)  # mid-trial, no chance to clean up
-            break
+    pids, lines = read_until(proc, lambda line, _: line.startswith("[w1]") and "epoch 2/5" in line)
+    os.kill(pids["w1"], signal.SIGKILL)  # mid-trial, no chance to clean up
     rest, _ = proc.communicate(timeout=300)
     out = "".join(lines) + rest
     assert "[w1] ended with signal 9" in out
@@ -119,18 +130,11 @@ def test_every_worker_killed_after_a_trial_is_a_failed_run(workdir: Path, pg_url
          "--storage", pg_url, "--set", "train.epochs=3", "--set", "search.pruner=none", *TINY],
         workdir,
     )  # fmt: skip
-    assert proc.stdout is not None
-    pids: dict[str, int] = {}
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.match(r"\[(w\d)\] started pid (\d+)", line)
-        if m:
-            pids[m[1]] = int(m[2])
-        if "finished: val_acc" in line and len(pids) == 2:
-            for pid in pids.values():
-                os.kill(pid, signal.SIGKILL)
-            break
+    pids, lines = read_until(
+        proc, lambda line, pids: "finished: val_acc" in line and len(pids) == 2
+    )
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
     rest, _ = proc.communicate(timeout=300)
     out = "".join(lines) + rest
     assert proc.returncode == 1, out
