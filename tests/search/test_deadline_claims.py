@@ -161,3 +161,14 @@ def test_a_run_that_ends_keeps_the_slot_of_a_trial_a_hand_started_worker_runs(ur
     study.tell(hand, 0.5)
     assert finished(study) == target(study) == 2
     lease.release()
+
+
+def test_forget_deadlines_takes_any_iterable_of_runs(tmp_path: Path) -> None:
+    """Every run named is dropped, from a generator too (it was turned into a set once per
+    recorded run, so a generator dropped only what its first pass matched)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'd.db'}", study_name="d")
+    at = time.time() + 3600
+    for run in ("a", "b", "c"):
+        deadlines.record_deadline(study, run, at, others=True)
+    deadlines.forget_deadlines(study, (run for run in ("b", "c")))
+    assert set(run_deadlines(study)) == {"a"}

@@ -68,8 +68,9 @@ def record_deadline(study: optuna.Study, run_id: str, at: float | None, others: 
 
 def forget_deadlines(study: optuna.Study, runs: Iterable[str]) -> None:
     """Drop the deadlines of ``runs`` (they ended). Call under the claim lock."""
+    ended = set(runs)  # once: an iterator would be spent after the first run
     old = _recorded(study)
-    new = {run: at for run, at in old.items() if run not in set(runs)}
+    new = {run: at for run, at in old.items() if run not in ended}
     if new != old:
         study.set_user_attr(DEADLINES_ATTR, new)
 
