@@ -44,6 +44,7 @@ class Output:
         self.proc = proc
         self.lines: list[str] = []
         self.cond = threading.Condition()
+        self.at = 0
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -57,18 +58,20 @@ class Output:
             self.lines.append("")  # the end
             self.cond.notify_all()
 
-    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str] | None:
-        """The first line matching ``pattern``; None if the process ended without one."""
+    def wait_for(self, pattern: str, timeout: float = 300, start: int = 0) -> re.Match[str] | None:
+        """The first line from line ``start`` on matching ``pattern`` (its index goes to
+        ``self.at``); None if the process ended without one."""
         rx = re.compile(pattern)
         end = time.monotonic() + timeout
-        seen = 0
+        seen = start
         with self.cond:
             while True:
-                for line in self.lines[seen:]:
+                for i, line in enumerate(self.lines[seen:], seen):
                     if line == "":
                         return None
                     m = rx.search(line)
                     if m:
+                        self.at = i
                         return m
                 seen = len(self.lines)
                 assert self.cond.wait(max(end - time.monotonic(), 0)), self.text()
@@ -90,6 +93,29 @@ def freeze(*pids: int) -> None:
 def thaw(*pids: int) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
+
+
+def freeze_in_trials(out: Output, pids: dict[str, int], url: str, pattern: str) -> dict[str, int]:
+    """Freeze each process in ``pids`` inside a trial, after that trial's first epoch; the trial
+    numbers by process. ``pattern`` matches an epoch-1 line, its groups the key into ``pids``
+    and the trial's number. A line read late may come from a trial that has since finished: once
+    its process is frozen, the study says whether the trial is still running; if it is not, the
+    process goes on and its next trial is taken."""
+    spanning: dict[str, int] = {}
+    start = 0
+    while len(spanning) < len(pids):
+        m = out.wait_for(pattern, start=start)
+        assert m, out.text()
+        start = out.at + 1
+        key, number = m[1], int(m[2])
+        if key in spanning:
+            continue
+        freeze(pids[key])
+        if study_at(url).get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+            spanning[key] = number
+        else:
+            thaw(pids[key])
+    return spanning
 
 
 def freeze_past(pids: list[int], deadline: float) -> None:
@@ -134,10 +160,9 @@ def test_run_stops_at_its_deadline_and_the_counts_add_up(workdir: Path) -> None:
     url = f"sqlite:///{workdir / 'hpsearch.db'}"
     proc = popen(["run", "--study", "smoke", "--trials", "10", "--timeout", "15s", *LONG], workdir)
     out = Output(proc)
-    m = out.wait_for(r"\] trial (\d+) epoch 1/4")
-    assert m, out.text()
-    freeze(proc.pid)  # inside its first trial (it writes nothing to the database while training)
-    spanning = int(m[1])
+    # inside a trial (it writes nothing to the database while training)
+    pattern = r"^(\[)[^\]]*\] trial (\d+) epoch 1/4"
+    spanning = freeze_in_trials(out, {"[": proc.pid}, url, pattern)["["]
     deadline = run_deadline(url)
     status = hpsearch(["status", "--study", "smoke"], workdir)
     assert status.returncode == 0, status.stderr
@@ -176,19 +201,16 @@ def test_run_with_two_workers_stops_at_its_deadline(workdir: Path, pg_url: str) 
     args = ["run", "--study", "smoke", "--trials", "12", "--workers", "2", "--timeout", "20s"]
     proc = popen([*args, "--storage", pg_url, *LONG], workdir)
     out = Output(proc)
-    pids = []
+    pids = {}
     for i in range(2):
         m = out.wait_for(rf"^\[w{i}\] started pid (\d+)")
         assert m, out.text()
-        pids.append(int(m[1]))
-    spanning = []
-    for i in range(2):  # both workers inside a trial, each frozen after its first epoch
-        m = out.wait_for(rf"^\[w{i}\] .*\] trial (\d+) epoch 1/4")
-        assert m, out.text()
-        freeze(pids[i])
-        spanning.append(int(m[1]))
+        pids[f"w{i}"] = int(m[1])
+    # both workers inside a trial, each frozen after its trial's first epoch
+    pattern = r"^\[(w\d)\] .*\] trial (\d+) epoch 1/4"
+    spanning = freeze_in_trials(out, pids, pg_url, pattern).values()
     deadline = run_deadline(pg_url)
-    freeze_past(pids, deadline)
+    freeze_past(list(pids.values()), deadline)
     text = out.finish()
     assert proc.returncode == 0, text
     assert "Traceback" not in text and "ended with" not in text
@@ -219,12 +241,12 @@ def test_a_worker_stops_at_its_own_deadline_and_leaves_the_budget(workdir: Path)
     day = said[1].strip() if said[1] else datetime.now(UTC).strftime("%Y-%m-%d")
     shown = datetime.strptime(f"{day} {said[2]}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     deadline = shown.timestamp() + 1  # it was shown to the second: it is before this
-    m = out.wait_for(r"\] trial (\d+) epoch 1/4")
     try:
         # the run stays frozen until the worker has stopped: on a fast machine a running run
         # finished the whole budget while the worker was frozen, and the worker then stopped
         # for the budget, not for its deadline
-        assert m, out.text() + run_out.text()
+        pattern = r"^(\[)[^\]]*\] trial (\d+) epoch 1/4"
+        spanning = freeze_in_trials(out, {"[": worker.pid}, url, pattern)["["]
         freeze_past([worker.pid], deadline)
         text = out.finish()
     finally:
@@ -238,9 +260,9 @@ def test_a_worker_stops_at_its_own_deadline_and_leaves_the_budget(workdir: Path)
     trials = counts_add_up(url)
     assert sum(t.state in FINISHED for t in trials) == 6
     mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
-    assert int(m[1]) in {t.number for t in mine}
+    assert spanning in {t.number for t in mine}
     assert all(started(t) < deadline for t in mine)
-    t = trials[int(m[1])]
+    t = trials[spanning]
     assert t.state == TrialState.COMPLETE and ended(t) > deadline - 1
 
 
