@@ -267,3 +267,23 @@ def test_a_joining_worker_reads_no_finished_trial_before_its_first(pg_url: str) 
     sa.event.remove(storage.engine, "after_cursor_execute", count)
     assert rows and max(rows) < 40, rows
     assert finished(study) == 41
+
+
+def test_a_trial_another_process_enqueued_runs_in_a_worker_that_read_the_study_before(
+    url: str,
+) -> None:
+    """A worker that had read the study (Optuna's cache holds its trials) takes a waiting trial
+    another worker enqueued since (an interrupted trial to run again): its first parameter went
+    through a cache that did not know the trial, and the trial failed with a KeyError of its id
+    (seen when Ctrl-C stopped a launcher's two workers and the run was resumed)."""
+    _, study = new_study(url)
+    study.add_trials([done()])
+    assert len(study.get_trials()) == 1  # this process's cache has read the study
+    other = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat=1))
+    other.enqueue_trial({"x": 0.25}, user_attrs={workers.RERUN_ATTR: 0})
+    workers.reruns_first(study)
+    trial = study.ask()
+    assert trial.suggest_float("x", 0, 1) == 0.25
+    study.tell(trial, 0.25)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert study.get_trials()[1].params == {"x": 0.25}

@@ -104,6 +104,7 @@ def reruns_first(study: optuna.Study) -> None:
             try:
                 trial_id = optuna_private.trial_id(t)
                 if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    optuna_private.cache_claimed_trial(study, t)
                     return trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker took and finished it

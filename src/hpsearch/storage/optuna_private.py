@@ -66,6 +66,9 @@ _INSTANCE_ATTRS = (
     ("optuna.study", "Study", "_study_id"),
     ("optuna.trial", "FrozenTrial", "_trial_id"),
     ("optuna.storages._cached_storage", "_CachedStorage", "_backend"),
+    ("optuna.storages._cached_storage", "_CachedStorage", "_studies"),
+    ("optuna.storages._cached_storage", "_CachedStorage", "_lock"),
+    ("optuna.storages._cached_storage", "_StudyInfo", "unfinished_trial_ids"),
     ("optuna.trial", "Trial", "_trial_id"),
     ("optuna.trial", "Trial", "_cached_frozen_trial"),
 )
@@ -87,6 +90,8 @@ _METHODS: tuple[tuple[type, str], ...] = (
     *((RDBStorage, name) for name in (*RDB_PRIVATE_METHODS, _CREATE_NEW_TRIAL, *_WITHOUT_COMMIT)),
     (optuna.Study, "_pop_waiting_trial_id"),
 )
+# Methods of Optuna's cache layer: (module, class, name).
+_CACHE_METHODS = (("optuna.storages._cached_storage", "_CachedStorage", "_add_trials_to_cache"),)
 
 
 def _module(name: str) -> Any:
@@ -113,6 +118,9 @@ def missing() -> list[str]:
     for cls, name in _METHODS:
         if not callable(getattr(cls, name, None)):
             gone.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    for mod, cls_name, name in _CACHE_METHODS:
+        if not callable(getattr(getattr(_module(mod), cls_name, None), name, None)):
+            gone.append(f"{mod}.{cls_name}.{name}")
     models = _module("optuna.storages._rdb.models")
     tables = (
         ("TrialModel", TRIALS_TABLE, _TRIAL_COLUMNS),
@@ -145,6 +153,7 @@ def _check() -> None:
 
 _check()
 
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo  # noqa: E402 - checked
 from optuna.storages._rdb import models as _models  # noqa: E402 - checked above
 from optuna.storages._rdb.storage import _create_scoped_session  # noqa: E402 - checked above
 
@@ -202,8 +211,27 @@ def forget_on_trial(trial: optuna.Trial) -> None:
 
 def set_pop_waiting(study: optuna.Study, pop: Callable[[], int | None]) -> None:
     """Replace how ``study`` picks the next waiting trial (Optuna pops them in number order):
-    ``pop`` marks one RUNNING and returns its trial id, or returns None."""
+    ``pop`` marks one RUNNING and returns its trial id, or returns None. A ``pop`` that reads
+    past Optuna's cache layer tells it of the trial it took (:func:`cache_claimed_trial`)."""
     setattr(study, "_pop_waiting_trial_id", pop)  # noqa: B010 - an instance override
+
+
+def cache_claimed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Tell Optuna's cache layer of a waiting trial that this process read and marked RUNNING
+    past it. The cache maps the ids of the trials it has read to their study and number, and
+    a trial's parameter writes look its id up there: Optuna's own pop reads the waiting trials
+    through the cache, but a trial another process enqueued since this one last read the
+    study was unknown to it, and the first parameter of that trial failed with a KeyError
+    of its id. The trial is kept among the cache's unfinished ones, so that its next read of
+    the study brings it up to date."""
+    storage = storage_of(study)
+    if not isinstance(storage, _CachedStorage):
+        return
+    sid = study_id(study)
+    with storage._lock:
+        info = storage._studies.setdefault(sid, _StudyInfo())
+        storage._add_trials_to_cache(sid, [trial])
+        info.unfinished_trial_ids.add(trial_id(trial))
 
 
 # --- RDBStorage's private methods ----------------------------------------------------------
