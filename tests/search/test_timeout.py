@@ -151,8 +151,14 @@ def ended(t: FrozenTrial) -> float:
 def counts_add_up(url: str) -> list[FrozenTrial]:
     study = study_at(url)
     trials = study.get_trials()
-    assert TrialState.RUNNING not in {t.state for t in trials}
-    assert sum(t.state in FINISHED for t in trials) == study.user_attrs["target_trials"]
+    # on failure, each trial: number, state, start, end, the run that ran it
+    told = "\n".join(
+        f"{t.number} {t.state.name} {t.datetime_start} {t.datetime_complete} "
+        f"{t.user_attrs.get('run_id')} {t.system_attrs.get('failed_trial', '')}"
+        for t in trials
+    )
+    assert TrialState.RUNNING not in {t.state for t in trials}, told
+    assert sum(t.state in FINISHED for t in trials) == study.user_attrs["target_trials"], told
     return trials
 
 
