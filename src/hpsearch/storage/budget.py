@@ -38,6 +38,7 @@ from hpsearch.storage.claims import Lock
 from hpsearch.storage.deadlines import forget_deadlines, record_deadline
 from hpsearch.storage.resilience import retrying
 from hpsearch.storage.state import RUN_ATTR, TARGET_ATTR, count_states, running_trials, target
+from hpsearch.storage.urls import PG_CONNECT_ARGS
 
 
 class RunLease(Protocol):
@@ -95,7 +96,7 @@ class _FileLease:
 class _PgLease:
     def __init__(self, url: Any, study_name: str) -> None:
         # its own connection, so that the workers' pool keeps all of its connections
-        self.engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+        self.engine = create_engine(url, poolclass=NullPool, connect_args=dict(PG_CONNECT_ARGS))
         digest = hashlib.sha256(f"hpsearch-run:{study_name}".encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
         self.conn: Any = None

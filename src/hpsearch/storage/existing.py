@@ -12,7 +12,12 @@ import sqlalchemy.exc
 
 from hpsearch.errors import StorageError, first_line
 from hpsearch.storage.secrets import mask_url
-from hpsearch.storage.urls import in_memory_message, is_in_memory_sqlite, parse_url
+from hpsearch.storage.urls import (
+    PG_CONNECT_ARGS,
+    in_memory_message,
+    is_in_memory_sqlite,
+    parse_url,
+)
 
 
 def require_database(url: str) -> None:
@@ -41,7 +46,7 @@ def require_studies(url: str) -> None:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":  # as open_storage does: psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
-        kwargs["connect_args"] = {"connect_timeout": 10}
+        kwargs["connect_args"] = dict(PG_CONNECT_ARGS)
     try:
         engine = sqlalchemy.create_engine(parsed, **kwargs)
         try:

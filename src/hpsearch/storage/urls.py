@@ -26,6 +26,12 @@ DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
+# Every PostgreSQL connection hpsearch opens: a bounded wait for the server, and text as UTF-8
+# whatever the database's encoding (in an SQL_ASCII database the driver otherwise returns bytes,
+# and SQLAlchemy's first query, of the server's version, failed with a TypeError traceback).
+PG_CONNECT_ARGS: dict[str, Any] = {"connect_timeout": 10, "client_encoding": "utf8"}
+
+
 def storage_url(cli_value: str | None) -> str:
     """``--storage``, else ``$HPSEARCH_STORAGE``, else an SQLite file in the working directory."""
     return cli_value or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE
@@ -146,7 +152,7 @@ def _engine_args(url: str) -> tuple[str, dict[str, Any]]:
         if parsed.drivername == "postgresql":  # as users write it: use psycopg 3
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         engine_kwargs.update(
-            pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args={"connect_timeout": 10}
+            pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=dict(PG_CONNECT_ARGS)
         )
     return url, engine_kwargs
 
