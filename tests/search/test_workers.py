@@ -293,3 +293,16 @@ def test_ctrl_c_on_the_launcher_stops_every_worker_and_the_study_resumes(
     assert r.returncode == 0, r.stdout + r.stderr
     study = optuna.load_study(study_name="smoke", storage=pg_url)
     assert finished(study) == 2 and TrialState.RUNNING not in states(study)
+
+
+def test_a_worker_waiting_for_its_study_says_what_it_waits_for(workdir: Path) -> None:
+    """``worker --wait`` before any run (a container started first): one line says what it waits
+    for and for how long, instead of silence; when the wait ends, the reason is the error."""
+    r = hpsearch(["worker", "--study", "smoke", "--wait", "3"], workdir)
+    assert r.returncode == 1
+    said = r.stdout.splitlines()
+    assert len(said) == 1 and said[0].startswith("waiting (up to 3 s in all) for hpsearch run: "), (
+        r.stdout
+    )
+    assert "hpsearch.db does not exist" in said[0]
+    assert r.stderr.strip().splitlines()[-1].startswith("hpsearch: error: no database at ")

@@ -292,6 +292,7 @@ def join_search(opts: JoinOptions, say: Say) -> str:
         seed_offset=7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid(),
         wait=opts.wait,
         allow_other_file=opts.allow_other_study_file,
+        on_wait=say,
     )
     import torch  # once the study is found: a wrong --storage is one line in under a second
 

@@ -320,16 +320,19 @@ def join_study(
     seed_offset: int,
     wait: float,
     allow_other_file: bool,
+    on_wait: Callable[[str], None] | None = None,
 ) -> tuple[optuna.Study, int]:
     """Open the study ``name`` that ``hpsearch run`` made, for ``hpsearch worker``; returns it
     and its target of finished trials.
 
     A worker never makes a database or a study. It waits up to ``wait`` seconds for the study
-    and its budget to appear (a container started before ``hpsearch run``), then checks the study
-    file against the one the study was made from (without recording it: that is run's).
+    and its budget to appear (a container started before ``hpsearch run``), telling ``on_wait``
+    what it waits for each time that changes, then checks the study file against the one the
+    study was made from (without recording it: that is run's).
     """
     storage = None
     deadline = time.monotonic() + wait
+    told = ""
     while True:
         try:
             if storage is None:
@@ -342,9 +345,12 @@ def join_study(
                     f"study {name!r} has no trial budget; start it with hpsearch run"
                 )
             break
-        except StorageError:
+        except StorageError as e:
             if time.monotonic() >= deadline:
                 raise
+            if on_wait is not None and str(e) != told:
+                told = str(e)
+                on_wait(f"waiting (up to {wait:.0f} s in all) for hpsearch run: {e}")
             time.sleep(2)
     check_reuse(study, cfg, allow_other_file=allow_other_file, record=False)
     index_states(optuna_private.storage_of(study))
