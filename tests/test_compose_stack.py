@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE = "hpsearch:latest"
 TRIALS = 5
 # The smoke study as its file has it (a worker takes the study file's settings, not a run's
-# --set). The worker is killed inside a trial, right after its first epoch; its trial is found
-# stale 3 heartbeats (30 s) later. (Not a shorter --heartbeat for the run alone: each process
-# judges staleness by its own interval, and the run would fail the live worker's trials.)
-RUN = ["run", "--study", "smoke", "--trials", str(TRIALS)]
+# --set). The run records a 2 s heartbeat in the study, which the worker takes too (each
+# process judges a silent trial by its own interval); the worker is killed inside a trial,
+# right after its first epoch, and its trial is found stale 3 heartbeats (6 s) later.
+RUN = ["run", "--study", "smoke", "--trials", str(TRIALS), "--heartbeat", "2"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

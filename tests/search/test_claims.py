@@ -287,3 +287,31 @@ def test_a_trial_another_process_enqueued_runs_in_a_worker_that_read_the_study_b
     study.tell(trial, 0.25)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     assert study.get_trials()[1].params == {"x": 0.25}
+
+
+def test_a_trial_failed_as_stale_while_it_ran_does_not_kill_the_worker(url: str) -> None:
+    """Another process failed this worker's running trial as stale (its heartbeats missed: a
+    frozen or overloaded machine) before the trial ended: Optuna then refused to tell it
+    ("Cannot tell a FAIL trial") and the worker died with a traceback. It is told which trial,
+    and goes on with the budget."""
+    storage, study = new_study(url)
+    study.set_user_attr(TARGET_ATTR, 2)
+    other = open_storage(url, heartbeat=1)
+    taken: list[int] = []
+
+    def objective_failed_meanwhile(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:  # what fail_stale_trials in another process does
+            other.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        return x
+
+    reason = run_until_budget(
+        study,
+        objective_failed_meanwhile,
+        claim_lock(storage, "s"),
+        poll_seconds=0.1,
+        on_taken=taken.append,
+    )
+    assert reason == "budget" and taken == [0]
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -70,9 +70,11 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat",
         type=positive_int,
-        default=10,
+        default=None,
         metavar="SECONDS",
-        help="trial heartbeat interval; a trial silent for 3 intervals is failed and retried",
+        help="trial heartbeat interval; a trial silent for 3 intervals is failed and retried. "
+        "A study keeps the interval of the run that made it (default 10), for every process "
+        "on it",
     )
 
 

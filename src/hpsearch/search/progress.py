@@ -236,6 +236,16 @@ class Progress:
             "no trial starts until that run has ended and given back its unstarted trials"
         )
 
+    def taken(self, number: int) -> None:
+        """Another process failed this worker's trial as stale while it ran (see
+        ``workers.run_until_budget``)."""
+        silent = f"{self.stale_after:.0f} s" if self.stale_after else "3 heartbeats"
+        self._say(
+            f"{self._head()} trial {number} was failed as stale by another process while this "
+            f"worker ran it (no heartbeat reached the database for {silent}: a frozen or "
+            "overloaded machine?); its retry runs it again, and this worker goes on"
+        )
+
     def requeued(self, trials: list[FrozenTrial]) -> None:
         """Interrupted trials enqueued to run again (see ``workers.requeue_interrupted``)."""
         for t in trials:

@@ -45,7 +45,7 @@ class RunOptions:
     study_name: str | None = None  # default: the study file's name
     sampler: str | None = None  # instead of the study file's search.sampler
     pruner: str | None = None  # instead of the study file's search.pruner
-    heartbeat: int = 10  # seconds
+    heartbeat: int | None = None  # seconds; None: the study's (storage/heartbeat.py), else 10
     artifacts: str | None = None  # the checkpoint directory (default: see study.artifacts_dir)
     workers: int | None = None
     gpus: str | None = None  # "0,1,..."
@@ -63,7 +63,7 @@ class JoinOptions:
     overrides: tuple[str, ...] = ()
     storage: str | None = None
     study_name: str | None = None
-    heartbeat: int = 10
+    heartbeat: int | None = None  # None: the study's
     artifacts: str | None = None
     wait: int = 0  # seconds to wait for the study and its budget to appear
     allow_other_study_file: bool = False
@@ -183,7 +183,9 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         allow_other_file=opts.allow_other_study_file,
         deadline=opts.deadline,
     )
-    study, share = opened.study, opened.share
+    study, share, heartbeat = opened.study, opened.share, opened.heartbeat
+    if opened.heartbeat_note:
+        say(opened.heartbeat_note)
     exits: list[tuple[int, int]] = []
     try:  # from here on, whatever stops the run gives back what is left of its share
         s = cfg.search
@@ -212,7 +214,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 cfg,
                 study,
                 data,
-                opts.heartbeat,
+                heartbeat,
                 store,
                 share.finished_before,
                 total,
@@ -228,7 +230,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 "--study-name",
                 name,
                 "--heartbeat",
-                str(opts.heartbeat),
+                str(heartbeat),
                 "--artifacts",
                 str(artifacts_dir(url, opts.artifacts)),
             ]
@@ -284,7 +286,7 @@ def join_search(opts: JoinOptions, say: Say) -> str:
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
-    study, goal = join_study(
+    study, goal, heartbeat, note = join_study(
         cfg,
         url,
         name,
@@ -303,6 +305,8 @@ def join_search(opts: JoinOptions, say: Say) -> str:
     device = device_for(cfg, opts.gpu)
     data = load_data(cfg.data, device)
     say(f"worker joined study {name!r} in {mask_url(url)} on {device}; budget {goal} trials")
+    if note and opts.run_id is None:  # a run's workers: the run says it
+        say(note)
     if opts.deadline is not None and opts.run_id is None:  # a run's workers: the run says it
         say(_deadline_line(opts.deadline, "this worker starts no trial after it"))
     from hpsearch.engine.devices import pinned, visible_gpus
@@ -319,7 +323,7 @@ def join_search(opts: JoinOptions, say: Say) -> str:
         cfg,
         study,
         data,
-        opts.heartbeat,
+        heartbeat,
         store,
         0,
         goal,
@@ -406,6 +410,7 @@ def _work(
         run_id=run_id,
         deadline=deadline,
         on_hold=progress.held,
+        on_taken=progress.taken,
     )
     if reason == "grid exhausted":
         say("the grid is exhausted: every point has a finished trial")

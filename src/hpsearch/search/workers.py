@@ -113,6 +113,17 @@ def reruns_first(study: optuna.Study) -> None:
     optuna_private.set_pop_waiting(study, pop)
 
 
+def _told_a_failed_trial(e: BaseException | None) -> bool:
+    """Whether ``e`` is (or came from) Optuna refusing to tell a trial that another process
+    failed meanwhile: its ValueError, which Optuna's optimize loop may re-raise as an
+    AssertionError ("Should not reach.") with the ValueError as its context."""
+    while e is not None:
+        if isinstance(e, ValueError) and str(e).startswith("Cannot tell a FAIL trial"):
+            return True
+        e = e.__context__
+    return False
+
+
 GridCheck = Callable[[optuna.Study], str]  # "open" | "wait" | "exhausted"
 
 
@@ -151,6 +162,7 @@ def run_until_budget(
     run_id: str | None = None,
     deadline: float | None = None,
     on_hold: Holding | None = None,
+    on_taken: Callable[[int], None] | None = None,
 ) -> str:
     """Run trials until the study's target of finished trials is reached, or ``deadline``
     (seconds since the epoch) has passed.
@@ -162,7 +174,9 @@ def run_until_budget(
     user attribute ``run_id`` when one is given (the ``hpsearch run`` that started it). No trial
     is claimed after ``deadline``; while another run is past the deadline it recorded and still
     finishing, none is claimed either, and ``on_hold`` is told which runs those are, each time
-    that set changes.
+    that set changes. A trial that another process failed as stale while this one ran it (its
+    heartbeats missed for 3 intervals: a frozen or overloaded machine) cannot be told its result;
+    ``on_taken`` is told its number, and the worker goes on (the trial's retry runs it again).
 
     Returns why it stopped: ``"budget"``, ``"grid exhausted"`` or ``"deadline"``.
     """
@@ -171,6 +185,7 @@ def run_until_budget(
     orphans: set[int] = set()
     held_by: set[str] = set()
     hold = DeadlineHold()
+    running_number: list[int] = []  # the number of the trial this worker runs now
     reruns_first(study)
     while True:
         lock.acquire()
@@ -209,7 +224,10 @@ def run_until_budget(
                         lock.release()  # the trial is RUNNING now: it counts, others may claim
                         held = False
 
+                running_number.clear()
+
                 def claimed(trial: optuna.Trial) -> float | tuple[float, float]:
+                    running_number.append(trial.number)
                     release()
                     # also over the tag a retried trial copied from the one it retries
                     trial.set_user_attr(RUN_ATTR, run_id)
@@ -226,6 +244,11 @@ def run_until_budget(
                     hooked.on_trial_created = release
                 try:
                     study.optimize(claimed, n_trials=1, callbacks=list(callbacks), catch=catch)
+                except Exception as e:
+                    if not running_number or not _told_a_failed_trial(e):
+                        raise
+                    if on_taken is not None:
+                        on_taken(running_number[0])
                 finally:
                     if hooked is not None:
                         hooked.on_trial_created = None

@@ -66,6 +66,8 @@ _INSTANCE_ATTRS = (
     ("optuna.study", "Study", "_study_id"),
     ("optuna.trial", "FrozenTrial", "_trial_id"),
     ("optuna.storages._cached_storage", "_CachedStorage", "_backend"),
+    ("optuna.storages._rdb.storage", "RDBStorage", "heartbeat_interval"),
+    ("optuna.storages._rdb.storage", "RDBStorage", "grace_period"),
     ("optuna.storages._cached_storage", "_CachedStorage", "_studies"),
     ("optuna.storages._cached_storage", "_CachedStorage", "_lock"),
     ("optuna.storages._cached_storage", "_StudyInfo", "unfinished_trial_ids"),
@@ -232,6 +234,14 @@ def cache_claimed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         info = storage._studies.setdefault(sid, _StudyInfo())
         storage._add_trials_to_cache(sid, [trial])
         info.unfinished_trial_ids.add(trial_id(trial))
+
+
+def set_heartbeat(storage: RDBStorage, interval: int, grace: int) -> None:
+    """Change an RDB storage's heartbeat interval and the silence after which it takes a trial
+    for stale (Optuna reads both from the storage at each trial, and sets them only in
+    ``RDBStorage.__init__``)."""
+    storage.heartbeat_interval = interval
+    storage.grace_period = grace
 
 
 # --- RDBStorage's private methods ----------------------------------------------------------

@@ -87,6 +87,9 @@ CONFIRMED_ATTR = "confirmed"  # the confirmed winner (trial, its means, its chec
 # {run_id: ISO 8601 UTC time}: the --timeout deadline of each hpsearch run that is going (see
 # hpsearch.storage.budget); a run drops its own when it ends
 DEADLINES_ATTR = "deadlines"
+# seconds between a running trial's heartbeats, the same for every process on the study: each
+# judges another's trial stale after 3 of its own intervals (see storage/heartbeat.py)
+HEARTBEAT_ATTR = "heartbeat_seconds"
 CLAIMS_ATTR = "confirm_claims"  # {"<trial>:<run>": "<host>:<pid>"}: confirm runs being trained
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that count toward the target

@@ -29,6 +29,7 @@ from hpsearch.storage.budget import RunLease, Share, join, run_lease, withdraw
 from hpsearch.storage.claims import Lock, claim_lock, held
 from hpsearch.storage.compat import check_directions, check_reuse, record_study_file
 from hpsearch.storage.existing import require_studies
+from hpsearch.storage.heartbeat import DEFAULT_HEARTBEAT, agree_heartbeat
 from hpsearch.storage.state import (
     BASELINE_ATTR,
     METRIC_ATTR,
@@ -261,6 +262,8 @@ class RunStudy:
     share: Share
     lock: Lock  # the study's claim lock
     lease: RunLease  # held while this run works: other runs see it is still going
+    heartbeat: int = DEFAULT_HEARTBEAT  # the study's interval (storage/heartbeat.py)
+    heartbeat_note: str = ""  # why --heartbeat was not used, or ""
 
     def close(self) -> int:
         """Take back what is left of this run's share (nothing once it is done), so that the runs
@@ -281,7 +284,7 @@ def open_for_run(
     name: str,
     trials: int,
     *,
-    heartbeat: int,
+    heartbeat: int | None,
     allow_other_file: bool,
     deadline: float | None = None,
 ) -> RunStudy:
@@ -294,9 +297,9 @@ def open_for_run(
        and add up their budgets: the study made (its baseline enqueued) or loaded; the study
        file checked against the one the study was made from, and recorded; this run's trials
        added to the study's target of finished trials, and its ``deadline`` (``--timeout``)
-       recorded.
+       recorded; the study's heartbeat interval taken (or, new, ``heartbeat`` recorded).
     """
-    storage = open_storage(url, heartbeat)
+    storage = open_storage(url, heartbeat or DEFAULT_HEARTBEAT)
     lock = claim_lock(storage, name)
     lease = run_lease(storage, name)
     try:
@@ -305,10 +308,11 @@ def open_for_run(
             check_reuse(study, cfg, allow_other_file=allow_other_file, record=True)
             index_states(storage)
             share = join(study, trials, lease, uuid.uuid4().hex[:12], deadline)
+            interval, note = agree_heartbeat(study, heartbeat, record=True)
     except BaseException:
         lease.release()
         raise
-    return RunStudy(study, share, lock, lease)
+    return RunStudy(study, share, lock, lease, interval, note)
 
 
 def join_study(
@@ -316,14 +320,15 @@ def join_study(
     url: str,
     name: str,
     *,
-    heartbeat: int,
+    heartbeat: int | None,
     seed_offset: int,
     wait: float,
     allow_other_file: bool,
     on_wait: Callable[[str], None] | None = None,
-) -> tuple[optuna.Study, int]:
-    """Open the study ``name`` that ``hpsearch run`` made, for ``hpsearch worker``; returns it
-    and its target of finished trials.
+) -> tuple[optuna.Study, int, int, str]:
+    """Open the study ``name`` that ``hpsearch run`` made, for ``hpsearch worker``; returns it,
+    its target of finished trials, its heartbeat interval (storage/heartbeat.py) and a note
+    when ``heartbeat`` was not used ("" otherwise).
 
     A worker never makes a database or a study. It waits up to ``wait`` seconds for the study
     and its budget to appear (a container started before ``hpsearch run``), telling ``on_wait``
@@ -337,7 +342,7 @@ def join_study(
         try:
             if storage is None:
                 require_studies(url)  # never creates the database or Optuna's tables
-                storage = open_storage(url, heartbeat)
+                storage = open_storage(url, heartbeat or DEFAULT_HEARTBEAT)
             study = open_study(cfg, storage, name, create=False, seed_offset=seed_offset)
             goal = target(study)
             if goal is None:
@@ -354,7 +359,8 @@ def join_study(
             time.sleep(2)
     check_reuse(study, cfg, allow_other_file=allow_other_file, record=False)
     index_states(optuna_private.storage_of(study))
-    return study, goal
+    interval, note = agree_heartbeat(study, heartbeat, record=False)
+    return study, goal, interval, note
 
 
 def index_states(storage: optuna.storages.BaseStorage) -> None:
