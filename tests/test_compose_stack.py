@@ -30,8 +30,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "hpsearch:latest"
 TRIALS = 5
-# The smoke study as its file has it (a worker takes the study file's settings, not a run's
-# --set). The run records a 2 s heartbeat in the study, which the worker takes too (each
+# The smoke study as its file has it. The run records a 2 s heartbeat in the study, which the worker takes too (each
 # process judges a silent trial by its own interval); the worker is killed inside a trial,
 # right after its first epoch, and its trial is found stale 3 heartbeats (6 s) later.
 RUN = ["run", "--study", "smoke", "--trials", str(TRIALS), "--heartbeat", "2"]

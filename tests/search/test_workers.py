@@ -306,3 +306,37 @@ def test_a_worker_waiting_for_its_study_says_what_it_waits_for(workdir: Path) ->
     )
     assert "hpsearch.db does not exist" in said[0]
     assert r.stderr.strip().splitlines()[-1].startswith("hpsearch: error: no database at ")
+
+
+def test_a_worker_started_by_hand_takes_the_runs_settings(workdir: Path) -> None:
+    """A run's --set reached its own workers only: a worker started by hand (another host, a
+    compose or Kubernetes worker) trained with the study file's settings, mixing two
+    configurations in one study. The run records them; a worker with no --set of its own takes
+    them and says so; one with other --set is told they differ."""
+    settings = ["train.epochs=1", "data.max_per_class=20", "data.val_max_per_class=10"]
+    run = ["run", "--study", "smoke", "--trials", "1"]
+    for s in settings:
+        run += ["--set", s]
+    r = hpsearch(run, workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    url = f"sqlite:///{workdir / 'hpsearch.db'}"
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert study.user_attrs["run_settings"] == settings
+    study.set_user_attr("target_trials", 2)  # one more trial, for a worker
+
+    r = hpsearch(["worker", "--study", "smoke"], workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        "the run's settings: --set train.epochs=1 --set data.max_per_class=20 "
+        "--set data.val_max_per_class=10" in r.stdout
+    ), r.stdout
+    trials = optuna.load_study(study_name="smoke", storage=url).get_trials()
+    assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert trials[1].user_attrs["config"]["train"]["epochs"] == 1  # the file says 2
+    assert trials[1].user_attrs["epochs_run"] == 1
+
+    study.set_user_attr("target_trials", 3)
+    own = ["--set", "train.epochs=1", "--set", "data.max_per_class=20"]
+    r = hpsearch(["worker", "--study", "smoke", *own], workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "note: this worker's --set differ from those of the last run on the study" in r.stdout

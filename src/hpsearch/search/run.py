@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -151,6 +152,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
 
     from hpsearch.storage.deadlines import iso_utc
     from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.state import SETTINGS_ATTR
     from hpsearch.storage.study import check_before_opening, open_for_run
     from hpsearch.storage.urls import artifacts_dir, storage_url
 
@@ -184,6 +186,8 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
         deadline=opts.deadline,
     )
     study, share, heartbeat = opened.study, opened.share, opened.heartbeat
+    settings = [*opts.overrides, *(f"{e.key}={e.value}" for e in extra)]
+    study.set_user_attr(SETTINGS_ATTR, settings)  # for workers started by hand
     if opened.heartbeat_note:
         say(opened.heartbeat_note)
     exits: list[tuple[int, int]] = []
@@ -238,7 +242,7 @@ def run_search(opts: RunOptions, say: Say) -> RunSummary:
                 worker_args.append("--allow-other-study-file")
             if opts.deadline is not None:  # the same moment for every worker, however late
                 worker_args += ["--deadline", iso_utc(opts.deadline)]
-            for o in [*opts.overrides, *(f"{e.key}={e.value}" for e in extra)]:
+            for o in settings:
                 worker_args += ["--set", o]
             codes = launch(slots, worker_args, url, env={"HPSEARCH_RUN_ID": share.run_id})
             exits = [
@@ -281,21 +285,38 @@ def join_search(opts: JoinOptions, say: Say) -> str:
     cfg = load(opts.study, opts.overrides)
 
     from hpsearch.storage.secrets import mask_url
+    from hpsearch.storage.state import run_settings
     from hpsearch.storage.study import join_study
     from hpsearch.storage.urls import artifacts_dir, storage_url
 
     url = storage_url(opts.storage)
     name = opts.study_name or cfg.name
-    study, goal, heartbeat, note = join_study(
-        cfg,
-        url,
-        name,
-        heartbeat=opts.heartbeat,
-        seed_offset=7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid(),
-        wait=opts.wait,
-        allow_other_file=opts.allow_other_study_file,
-        on_wait=say,
-    )
+
+    def joined(cfg: StudyConfig, wait: float) -> tuple[Any, int, int, str]:
+        return join_study(
+            cfg,
+            url,
+            name,
+            heartbeat=opts.heartbeat,
+            seed_offset=7919 * (opts.worker_id + 1) if opts.worker_id is not None else os.getpid(),
+            wait=wait,
+            allow_other_file=opts.allow_other_study_file,
+            on_wait=say,
+        )
+
+    study, goal, heartbeat, note = joined(cfg, opts.wait)
+    settings = run_settings(study)
+    if not opts.overrides and settings:
+        # a worker started by hand, with none of its own: the settings of the run
+        cfg = load(opts.study, tuple(settings))
+        study, goal, heartbeat, note = joined(cfg, 0)
+        if opts.run_id is None:
+            say(f"the run's settings: {' '.join('--set ' + shlex.quote(o) for o in settings)}")
+    elif opts.overrides and settings is not None and list(opts.overrides) != settings:
+        say(
+            "note: this worker's --set differ from those of the last run on the study "
+            f"({' '.join(settings) or 'none'}); its trials train with this worker's"
+        )
     import torch  # once the study is found: a wrong --storage is one line in under a second
 
     from hpsearch.engine.data import load_data

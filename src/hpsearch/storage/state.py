@@ -90,6 +90,9 @@ DEADLINES_ATTR = "deadlines"
 # seconds between a running trial's heartbeats, the same for every process on the study: each
 # judges another's trial stale after 3 of its own intervals (see storage/heartbeat.py)
 HEARTBEAT_ATTR = "heartbeat_seconds"
+# the --set KEY=VALUE settings (with --sampler and --pruner) of the last run that added trials:
+# a worker started with no --set of its own takes them
+SETTINGS_ATTR = "run_settings"
 CLAIMS_ATTR = "confirm_claims"  # {"<trial>:<run>": "<host>:<pid>"}: confirm runs being trained
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that count toward the target
@@ -287,3 +290,12 @@ def forget_intermediate_values(trial: optuna.Trial) -> None:
 
         retrying(delete, "clearing a trial's reports", url=rdb.url)
     optuna_private.forget_on_trial(trial)
+
+
+def run_settings(study: optuna.Study) -> list[str] | None:
+    """The ``--set`` settings the last run on the study recorded (``SETTINGS_ATTR``), or None
+    when none did (a study made before, or by plain Optuna, or an entry not a list of text)."""
+    value = study.user_attrs.get(SETTINGS_ATTR)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
