@@ -198,3 +198,16 @@ def test_the_postgres_standins_entrypoint_passes_shellcheck() -> None:
     r = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert os.access(script, os.X_OK)
+
+
+def test_the_password_reaches_libpq_outside_every_url() -> None:
+    """In the URL, a password with @, : or / broke HPSEARCH_STORAGE; as PGPASSWORD, libpq takes
+    any character (the stack test's password has all three)."""
+    from sqlalchemy.engine import make_url
+
+    for name, service in compose()["services"].items():
+        if "build" not in service:
+            continue
+        env = service["environment"]
+        assert make_url(env["HPSEARCH_STORAGE"]).password is None, name
+        assert env["PGPASSWORD"] == "${POSTGRES_PASSWORD:-hpsearch}", name

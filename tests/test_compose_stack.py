@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "hpsearch:latest"
 TRIALS = 5
-# The smoke study as its file has it. The run records a 2 s heartbeat in the study, which the worker takes too (each
-# process judges a silent trial by its own interval); the worker is killed inside a trial,
-# right after its first epoch, and its trial is found stale 3 heartbeats (6 s) later.
+# The smoke study as its file has it. The run records a 2 s heartbeat in the study, which the
+# worker takes too (each process judges a silent trial by its own interval); the worker is
+# killed inside a trial, right after its first epoch, and its trial is found stale 3 heartbeats
+# (6 s) later.
 RUN = ["run", "--study", "smoke", "--trials", str(TRIALS), "--heartbeat", "2"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -79,7 +81,8 @@ class Stack:
         self.engine = engine
         self.name = f"hpt{os.getpid()}"
         self.bridge = f"{self.name}br"[:15]
-        self.password = secrets.token_urlsafe(12)
+        # characters a URL would need escaped: the compose file hands it to libpq as PGPASSWORD
+        self.password = f"p@ss:w/rd%{secrets.token_urlsafe(9)}"
         override = tmp / "override.yml"
         override.write_text(
             "services:\n"
@@ -124,7 +127,8 @@ class Stack:
 
     def storage(self) -> str:
         port = self.port("postgres", 5432)
-        return f"postgresql://hpsearch:{self.password}@127.0.0.1:{port}/hpsearch"
+        password = urllib.parse.quote(self.password, safe="")
+        return f"postgresql://hpsearch:{password}@127.0.0.1:{port}/hpsearch"
 
 
 def wait_until(what: str, check: object, timeout: float, stack: Stack) -> object:
