@@ -340,3 +340,23 @@ def test_a_worker_started_by_hand_takes_the_runs_settings(workdir: Path) -> None
     r = hpsearch(["worker", "--study", "smoke", *own], workdir)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "note: this worker's --set differ from those of the last run on the study" in r.stdout
+
+
+def test_recorded_settings_that_do_not_apply_are_one_line_naming_where_they_came_from(
+    workdir: Path,
+) -> None:
+    """Settings in the study that the worker's study file cannot take (set by hand, or by a run
+    of another file): one line that names the study's attribute, not a --set the user never
+    passed."""
+    url = f"sqlite:///{workdir / 'hpsearch.db'}"
+    study = optuna.create_study(study_name="smoke", storage=url, direction="maximize")
+    study.set_user_attr("target_trials", 1)
+    study.set_user_attr("run_settings", ["train.no_such_key=1"])
+    r = hpsearch(["worker", "--study", "smoke"], workdir)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(
+        "hpsearch: error: the settings the last run recorded in study 'smoke' (user attribute "
+        "'run_settings': ['train.no_such_key=1']) do not apply to smoke: "
+    ), line
+    assert optuna.load_study(study_name="smoke", storage=url).get_trials() == []

@@ -285,7 +285,7 @@ def join_search(opts: JoinOptions, say: Say) -> str:
     cfg = load(opts.study, opts.overrides)
 
     from hpsearch.storage.secrets import mask_url
-    from hpsearch.storage.state import run_settings
+    from hpsearch.storage.state import SETTINGS_ATTR, run_settings
     from hpsearch.storage.study import join_study
     from hpsearch.storage.urls import artifacts_dir, storage_url
 
@@ -308,7 +308,14 @@ def join_search(opts: JoinOptions, say: Say) -> str:
     settings = run_settings(study)
     if not opts.overrides and settings:
         # a worker started by hand, with none of its own: the settings of the run
-        cfg = load(opts.study, tuple(settings))
+        try:
+            cfg = load(opts.study, tuple(settings))
+        except ConfigError as e:
+            raise ConfigError(
+                f"the settings the last run recorded in study {name!r} (user attribute "
+                f"{SETTINGS_ATTR!r}: {settings}) do not apply to {opts.study}: {e}; pass this "
+                "worker's own --set"
+            ) from None
         study, goal, heartbeat, note = joined(cfg, 0)
         if opts.run_id is None:
             say(f"the run's settings: {' '.join('--set ' + shlex.quote(o) for o in settings)}")
