@@ -151,7 +151,9 @@ def test_join_search_of_a_spent_budget_joins_and_leaves(
 ) -> None:
     url = searched[0]
     said: list[str] = []
-    join_search(JoinOptions("smoke", TINY, storage=url, worker_id=0, workers=1), said.append)
+    # the run's settings, --pruner none included (other ones would be noted first)
+    settings = (*TINY, "search.pruner=none")
+    join_search(JoinOptions("smoke", settings, storage=url, worker_id=0, workers=1), said.append)
     assert said[0].startswith(f"worker joined study 'smoke' in {url} on cpu; budget 2 trials")
     assert len(optuna.load_study(study_name="smoke", storage=url).trials) == 2  # none added
 
