@@ -210,12 +210,23 @@ class Engine:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(30)
         finally:
-            subprocess.run(
-                ["umount", "--lazy", str(self.run_dir / "exec")], capture_output=True, check=False
-            )
+            unmount_under(self.run_dir)  # dockerd leaves exec/netns/default mounted
             shutil.rmtree(self.run_dir, ignore_errors=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+
+
+def mounts_under(folder: Path) -> list[str]:
+    """Mount points at or below ``folder``, deepest first (from /proc/self/mounts)."""
+    prefix = str(folder)
+    points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    inside = [m for m in points if m == prefix or m.startswith(prefix + "/")]
+    return sorted(inside, key=len, reverse=True)
+
+
+def unmount_under(folder: Path) -> None:
+    for point in mounts_under(folder):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
 def cpu_torch_wheel() -> Path | None:

@@ -64,6 +64,7 @@ def engine() -> Iterator[dockerd.Engine]:
             os.kill(pid, 0)
         leftover = [p for p in Path("/proc").glob("[0-9]*") if _mentions(p, str(e.run_dir))]
         assert not leftover, f"processes of the test's daemon left running: {leftover}"
+        assert dockerd.mounts_under(e.run_dir) == [] and not e.run_dir.exists()
 
 
 def _mentions(proc: Path, text: str) -> bool:
