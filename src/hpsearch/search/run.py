@@ -402,6 +402,7 @@ def _work(
     from hpsearch.search.workers import run_until_budget
     from hpsearch.storage import optuna_private
     from hpsearch.storage.claims import claim_lock
+    from hpsearch.storage.heartbeat import STALE_AFTER
     from hpsearch.storage.study import grid_check
 
     size = RunSize(
@@ -419,7 +420,7 @@ def _work(
     )
     progress.seed_best(study)
     progress.seed_time(study)
-    progress.stale_after = 3.0 * heartbeat  # the grace period open_storage gives Optuna
+    progress.stale_after = float(STALE_AFTER * heartbeat)  # the storage's grace period
     keeper = make_keeper(cfg, data, artifacts)
     reason = run_until_budget(
         study,

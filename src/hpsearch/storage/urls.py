@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.errors import ConfigError, StorageError, first_line
 from hpsearch.files import what_is
+from hpsearch.storage.heartbeat import STALE_AFTER
 from hpsearch.storage.resilience import ResilientRDBStorage
 from hpsearch.storage.secrets import mask_url
 
@@ -89,7 +90,7 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         if heartbeat:
             beat = {
                 "heartbeat_interval": heartbeat,
-                "grace_period": 3 * heartbeat,
+                "grace_period": STALE_AFTER * heartbeat,
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=2
                 ),
