@@ -17,8 +17,9 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 import pytest
@@ -37,6 +38,7 @@ TRIALS = 5
 # (6 s) later.
 RUN = ["run", "--study", "smoke", "--trials", str(TRIALS), "--heartbeat", "2"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +134,12 @@ class Stack:
         return f"postgresql://hpsearch:{password}@127.0.0.1:{port}/hpsearch"
 
 
-def wait_until(what: str, check: object, timeout: float, stack: Stack) -> object:
+def wait_until(what: str, check: Callable[[], T], timeout: float, stack: Stack) -> T:
+    """``check()`` once it is truthy, polled every second; after ``timeout`` s, an
+    AssertionError naming ``what`` with the stack's last log lines."""
     end = time.monotonic() + timeout
     while True:
-        got = check()  # type: ignore[operator]
+        got = check()
         if got:
             return got
         if time.monotonic() > end:
@@ -243,7 +247,7 @@ def _exercise(stack: Stack, data_root: Path) -> None:
         return body if status == 200 else None
 
     listed = wait_until("the dashboard answers", studies, 60, stack)
-    assert isinstance(listed, bytes)
+    assert listed is not None
     assert "smoke" in {s["study_name"] for s in json.loads(listed)["study_summaries"]}
 
     # serve labels a photo with the study's best trial
